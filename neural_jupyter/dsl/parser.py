@@ -1,0 +1,446 @@
+"""Source text → parse-level IR (``ir.Program``), with readable syntax errors."""
+
+from __future__ import annotations
+
+import ast
+import functools
+from importlib import resources
+from typing import Any
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
+
+from neural_jupyter.dsl import ir
+from neural_jupyter.errors import DSLError, DSLSyntaxError, DSLValidationError
+
+_TERMINAL_WORDS = {
+    "NAME": "a name",
+    "SIGNED_NUMBER": "a number",
+    "INT": "a whole number",
+    "STRING": "a string",
+    "$END": "the end of the input",
+}
+
+
+@functools.cache
+def _parser() -> Lark:
+    grammar = resources.files("neural_jupyter.dsl").joinpath("grammar.lark").read_text("utf-8")
+    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=False)
+
+
+def parse(source: str, source_name: str = "<cell>") -> ir.Program:
+    """Parse model-language ``source`` into an ``ir.Program``.
+
+    Raises ``DSLSyntaxError`` (grammar) or ``DSLValidationError`` (duplicate sections,
+    malformed HPO expressions) carrying line, column and a caret snippet.
+    """
+    try:
+        tree = _parser().parse(source)
+    except UnexpectedInput as exc:
+        raise _syntax_error(exc, source, source_name) from None
+    try:
+        networks, macros = _ToIR(source, source_name).transform(tree)
+    except VisitError as exc:
+        if isinstance(exc.orig_exc, DSLError):
+            raise exc.orig_exc from None
+        raise
+    return ir.Program(tuple(networks), tuple(macros), source, source_name)
+
+
+def _span(meta: Any) -> ir.Span:
+    return ir.Span(meta.line, meta.column, meta.end_line, meta.end_column)
+
+
+def _token_span(token: Token) -> ir.Span:
+    return ir.Span(token.line, token.column, token.end_line, token.end_column)
+
+
+@v_args(meta=True)
+class _ToIR(Transformer):
+    def __init__(self, source: str, source_name: str) -> None:
+        super().__init__()
+        self.source = source
+        self.source_name = source_name
+
+    def _error(self, message: str, span: ir.Span, hint: str | None = None) -> DSLValidationError:
+        return DSLValidationError(
+            message,
+            line=span.line,
+            column=span.column,
+            end_column=span.end_column if span.end_line == span.line else None,
+            source=self.source,
+            source_name=self.source_name,
+            hint=hint,
+        )
+
+    # --- values ------------------------------------------------------------------------
+    def number(self, meta, children):
+        text = str(children[0])
+        if any(c in text for c in ".eE"):
+            return float(text)
+        return int(text)
+
+    def string(self, meta, children):
+        return ast.literal_eval(str(children[0]))
+
+    def true(self, meta, children):
+        return True
+
+    def false(self, meta, children):
+        return False
+
+    def none(self, meta, children):
+        return None
+
+    def ident(self, meta, children):
+        return ir.Ident(str(children[0]))
+
+    def tuple(self, meta, children):
+        return tuple(children)
+
+    def list(self, meta, children):
+        return tuple(children)
+
+    def posarg(self, meta, children):
+        return ir.Arg(None, children[0], _span(meta))
+
+    def kwarg(self, meta, children):
+        name, value = children
+        return ir.Arg(str(name), value, _span(meta))
+
+    def call(self, meta, children):
+        name, *args = children
+        span = _span(meta)
+        seen: set[str] = set()
+        for arg in args:
+            if arg.name is not None:
+                if arg.name in seen:
+                    raise self._error(f"argument '{arg.name}' is given twice", arg.span)
+                seen.add(arg.name)
+        if str(name) == "HPO":
+            return self._hpo(tuple(args), span)
+        return ir.Call(str(name), tuple(args), span)
+
+    def _hpo(self, args: tuple[ir.Arg, ...], span: ir.Span) -> ir.HPO:
+        usage = (
+            "write HPO(choice(a, b, ...)), HPO(range(low, high, step=s)) "
+            "or HPO(log_range(low, high))"
+        )
+        positional = [a for a in args if a.name is None]
+        names = {a.name: a for a in args if a.name is not None}
+        unknown = set(names) - {"name"}
+        if len(positional) != 1 or unknown or not isinstance(positional[0].value, ir.Call):
+            raise self._error("malformed hyper-parameter expression", span, hint=usage)
+        name = names["name"].value if "name" in names else None
+        if name is not None and not isinstance(name, str):
+            raise self._error("HPO name must be a string", names["name"].span)
+        inner: ir.Call = positional[0].value
+        values = [a.value for a in inner.positional]
+        for arg in inner.args:
+            if isinstance(arg.value, (ir.Call, ir.HPO, ir.Ident)):
+                raise self._error("HPO values must be literals", arg.span, hint=usage)
+        if inner.name == "choice":
+            if inner.keywords or not values:
+                raise self._error("choice() takes one or more values", inner.span, hint=usage)
+            if len(set(map(repr, values))) != len(values):
+                raise self._error("choice() lists a value twice", inner.span)
+            return ir.HPO("choice", options=tuple(values), name=name, span=span)
+        if inner.name in ("range", "log_range"):
+            return self._hpo_range(inner, values, name, span, usage)
+        raise self._error(
+            f"unknown search space '{inner.name}'", inner.span, hint=usage + " (did you mean one?)"
+        )
+
+    def _hpo_range(self, inner, values, name, span, usage) -> ir.HPO:
+        kwargs = {a.name: a for a in inner.keywords}
+        extra = set(kwargs) - {"step", "low", "high"}
+        if extra:
+            raise self._error(f"{inner.name}() has no argument '{sorted(extra)[0]}'", inner.span)
+        low = kwargs["low"].value if "low" in kwargs else (values[0] if values else None)
+        high = (
+            kwargs["high"].value if "high" in kwargs else (values[1] if len(values) > 1 else None)
+        )
+        step = (
+            kwargs["step"].value if "step" in kwargs else (values[2] if len(values) > 2 else None)
+        )
+        numbers = [v for v in (low, high, step) if v is not None]
+        if low is None or high is None or len(values) > 3:
+            raise self._error(
+                f"{inner.name}() needs a low and a high bound", inner.span, hint=usage
+            )
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+            raise self._error(f"{inner.name}() bounds must be numbers", inner.span)
+        if not low < high:
+            raise self._error(f"{inner.name}() needs low < high, got {low!r}, {high!r}", inner.span)
+        if step is not None and step <= 0:
+            raise self._error("step must be positive", inner.span)
+        if inner.name == "log_range" and low <= 0:
+            raise self._error("log_range() needs a positive lower bound", inner.span)
+        return ir.HPO(inner.name, low=low, high=high, step=step, name=name, span=span)
+
+    # --- layers ------------------------------------------------------------------------
+    def repeat(self, meta, children):
+        count = int(children[0])
+        if count < 1:
+            raise self._error("repetition count must be at least 1", _span(meta))
+        return count
+
+    def block(self, meta, children):
+        name, body = children
+        return ir.LayerNode(str(name), (), _span(meta), body=tuple(body))
+
+    def layer_item(self, meta, children):
+        head, *rest = children
+        repeat = rest[0] if rest else 1
+        if isinstance(head, ir.HPO):
+            raise self._error("a layer cannot be a hyper-parameter expression", head.span)
+        if isinstance(head, ir.Call):
+            return ir.LayerNode(head.name, head.args, head.span, repeat=repeat)
+        return ir.LayerNode(head.kind, head.args, head.span, body=head.body, repeat=repeat)
+
+    def layer_list(self, meta, children):
+        return list(children)
+
+    def define(self, meta, children):
+        name, body = children
+        return ir.Macro(str(name), tuple(body), _token_span(name))
+
+    # --- network -----------------------------------------------------------------------
+    def input_section(self, meta, children):
+        return ("input", ir.Setting("input", children[0], _span(meta)))
+
+    def layers_section(self, meta, children):
+        return ("layers", (tuple(children[0]), _span(meta)))
+
+    def loss_section(self, meta, children):
+        return ("loss", ir.Setting("loss", children[0], _span(meta)))
+
+    def optimizer_section(self, meta, children):
+        return ("optimizer", ir.Setting("optimizer", children[0], _span(meta)))
+
+    def metrics_section(self, meta, children):
+        return ("metrics", ir.Setting("metrics", children[0], _span(meta)))
+
+    def train_setting(self, meta, children):
+        key, value = children
+        return ir.Setting(str(key), value, _span(meta))
+
+    def train_call(self, meta, children):
+        return children[0]
+
+    def train_section(self, meta, children):
+        seen: dict[str, ir.Span] = {}
+        for entry in children:
+            key = entry.key if isinstance(entry, ir.Setting) else getattr(entry, "name", "HPO")
+            span = entry.span
+            if key in seen:
+                raise self._error(f"train setting '{key}' is given twice", span)
+            seen[key] = span
+        return ("train", (tuple(children), _span(meta)))
+
+    def network(self, meta, children):
+        name, *sections = children
+        found: dict[str, Any] = {}
+        spans: dict[str, ir.Span] = {}
+        macros: list[ir.Macro] = []
+        for section in sections:
+            if isinstance(section, ir.Macro):
+                macros.append(section)
+                continue
+            key, value = section
+            span = value.span if isinstance(value, ir.Setting) else value[1]
+            if key in found:
+                raise self._error(
+                    f"section '{key}' appears twice in network '{name}'",
+                    span,
+                    hint=f"the first one is at {spans[key].where}",
+                )
+            found[key] = value
+            spans[key] = span
+        layers = found.get("layers")
+        train = found.get("train")
+        return ir.NetworkNode(
+            name=str(name),
+            span=_token_span(name),
+            input=found.get("input"),
+            layers=layers[0] if layers else None,
+            layers_span=layers[1] if layers else None,
+            loss=found.get("loss"),
+            optimizer=found.get("optimizer"),
+            metrics=found.get("metrics"),
+            train=train[0] if train else (),
+            macros=tuple(macros),
+        )
+
+    def start(self, meta, children):
+        networks = [c for c in children if isinstance(c, ir.NetworkNode)]
+        macros = [c for c in children if isinstance(c, ir.Macro)]
+        names: dict[str, ir.Span] = {}
+        for item in [*networks, *macros]:
+            if item.name in names:
+                raise self._error(
+                    f"'{item.name}' is defined twice",
+                    item.span,
+                    hint=f"the first definition is at {names[item.name].where}",
+                )
+            names[item.name] = item.span
+        return networks, macros
+
+
+# --- syntax errors ---------------------------------------------------------------------
+
+
+def _syntax_error(exc: UnexpectedInput, source: str, source_name: str) -> DSLSyntaxError:
+    """Turn a lark error into a message a notebook user can act on."""
+    brace = _unbalanced(source)
+    if brace is not None and (isinstance(exc, UnexpectedEOF) or _is_token(exc, "$END", "RBRACE")):
+        message, line, column, hint = brace
+        return DSLSyntaxError(
+            message, line=line, column=column, source=source, source_name=source_name, hint=hint
+        )
+    line, column = getattr(exc, "line", None), getattr(exc, "column", None)
+    if line in (None, -1):
+        line, column = _end_position(source)
+    hint = None
+    if isinstance(exc, UnexpectedCharacters):
+        char = source[exc.pos_in_stream] if exc.pos_in_stream < len(source) else ""
+        message = f"unexpected character {char!r}"
+        if char in "\"'":
+            hint = "strings must be closed on the same line"
+    else:
+        token = getattr(exc, "token", None)
+        found = _describe_token(token)
+        accepted = _accepted_terminals(exc)
+        expected = _describe_expected(accepted)
+        message = f"unexpected {found}"
+        if expected:
+            message += "; expected " + _join_or(expected)
+        hint = _hint_for(token, accepted)
+    width = len(str(getattr(exc, "token", "") or "")) or 1
+    return DSLSyntaxError(
+        message,
+        line=line,
+        column=column,
+        end_column=(column + width) if column else None,
+        source=source,
+        source_name=source_name,
+        hint=hint,
+    )
+
+
+def _accepted_terminals(exc: UnexpectedInput) -> set[str]:
+    """Terminals the parser would really accept here (LALR's own list can be too wide)."""
+    interactive = getattr(exc, "interactive_parser", None)
+    if interactive is not None:
+        try:
+            return set(interactive.accepts()) - {"$END"} or {"$END"}
+        except Exception:  # pragma: no cover - fall back to lark's estimate
+            pass
+    return set(getattr(exc, "expected", ()) or ())
+
+
+def _is_token(exc: UnexpectedInput, *types: str) -> bool:
+    token = getattr(exc, "token", None)
+    return token is not None and token.type in types
+
+
+def _describe_token(token: Token | None) -> str:
+    if token is None or token.type == "$END":
+        return "end of input"
+    kinds = {"NAME": "name", "SIGNED_NUMBER": "number", "INT": "number", "STRING": "string"}
+    if token.type in kinds:
+        return f"{kinds[token.type]} {token!s}"
+    return f"'{token!s}'"
+
+
+def _describe_terminal(name: str) -> str:
+    if name in _TERMINAL_WORDS:
+        return _TERMINAL_WORDS[name]
+    if name == "_SEP":
+        return "','"
+    try:
+        pattern = _parser().get_terminal(name).pattern
+        return f"'{pattern.value}'"
+    except KeyError:
+        return name.lower()
+
+
+_VALUE_STARTS = {"SIGNED_NUMBER", "STRING", "NAME", "LPAR", "LSQB"}
+
+
+def _describe_expected(accepted: set[str]) -> list[str]:
+    """Name what may come next; the many ways a value can start read as 'a value'."""
+    if not accepted >= _VALUE_STARTS:
+        return sorted({_describe_terminal(t) for t in accepted})
+    rest = {_describe_terminal(t) for t in accepted - _VALUE_STARTS}
+    punctuation = sorted(word for word in rest if not word.strip("'").isalpha())
+    return ["a value", *punctuation]
+
+
+def _join_or(items: list[str]) -> str:
+    unique = list(dict.fromkeys(items))
+    if len(unique) > 6:
+        unique = [*unique[:6], "..."]
+    return unique[0] if len(unique) == 1 else ", ".join(unique[:-1]) + " or " + unique[-1]
+
+
+def _hint_for(token: Token | None, expected: set[str]) -> str | None:
+    if token is None:
+        return None
+    if token.type in ("NAME", "STRING", "SIGNED_NUMBER") and "RPAR" in expected:
+        return "separate arguments with commas"
+    if token.type == "NAME" and "COLON" in expected:
+        return "sections are written 'name: value' (e.g. 'input: (28, 28, 1)')"
+    if expected == {"LPAR", "LBRACE"}:
+        return "a layer is written with parentheses, e.g. 'Dense(64)' or 'Flatten()'"
+    if token.type == "EQUAL":
+        return "use ':' inside sections and '=' only for keyword arguments"
+    return None
+
+
+def _end_position(source: str) -> tuple[int, int]:
+    lines = source.splitlines() or [""]
+    return len(lines), len(lines[-1]) + 1
+
+
+def _unbalanced(source: str) -> tuple[str, int, int, str] | None:
+    """Find an unclosed '{' or a stray '}' outside strings and comments."""
+    stack: list[tuple[int, int]] = []
+    line, column = 1, 0
+    quote: str | None = None
+    i = 0
+    while i < len(source):
+        ch = source[i]
+        column += 1
+        if ch == "\n":
+            line, column, quote = line + 1, 0, None
+        elif quote:
+            if ch == "\\":
+                i += 1
+                column += 1
+            elif ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#" or source.startswith("//", i):
+            end = source.find("\n", i)
+            if end < 0:
+                break
+            column += end - i - 1
+            i = end - 1
+        elif ch == "{":
+            stack.append((line, column))
+        elif ch == "}":
+            if not stack:
+                return ("unmatched '}'", line, column, "remove it or add the matching '{'")
+            stack.pop()
+        i += 1
+    if stack:
+        open_line, open_column = stack[-1]
+        return (
+            "'{' is never closed",
+            open_line,
+            open_column,
+            "add the matching '}' at the end of the block",
+        )
+    return None

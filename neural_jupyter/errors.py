@@ -1,0 +1,191 @@
+"""One error hierarchy for the whole package.
+
+Every error renders in a notebook as one short message (``_render_traceback_``, which IPython
+uses instead of a traceback of our internals) while staying a real, catchable exception for
+Python API users. Errors are always raised, never only printed, so nbval and papermill fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from neural_jupyter.redaction import redact
+
+
+class NeuralError(Exception):
+    """Base class of every error neural-jupyter raises on purpose."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = redact(message)
+        self.hint = redact(hint) if hint else None
+        super().__init__(self.message)
+
+    def details(self) -> list[str]:
+        """Lines shown under the headline (snippet, stderr tail, ...)."""
+        return []
+
+    def __str__(self) -> str:
+        lines = [self.message, *self.details()]
+        if self.hint:
+            lines.append(f"hint: {self.hint}")
+        return "\n".join(lines)
+
+    def _render_traceback_(self) -> list[str]:
+        text = f"{type(self).__name__}: {self}"
+        return redact(text).splitlines()
+
+
+class MissingDependencyError(NeuralError, ImportError):
+    """An optional extra is needed for this feature and is not installed."""
+
+    def __init__(self, package: str, extra: str, feature: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs the '{package}' package, which is not installed.",
+            hint=f'pip install "neural-jupyter[{extra}]"',
+        )
+
+
+class DSLError(NeuralError):
+    """A problem in model-language source, with its place in that source."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        line: int | None = None,
+        column: int | None = None,
+        end_column: int | None = None,
+        source: str | None = None,
+        source_name: str = "<cell>",
+        hint: str | None = None,
+    ) -> None:
+        self.line = line
+        self.column = column
+        self.end_column = end_column
+        self.source_name = source_name
+        self.source_line = _source_line(source, line)
+        location = source_name
+        if line is not None:
+            location += f", line {line}"
+            if column is not None:
+                location += f", column {column}"
+        self.location = location
+        super().__init__(f"{location}: {message}", hint=hint)
+
+    def details(self) -> list[str]:
+        if self.source_line is None or self.column is None:
+            return []
+        width = 1
+        if self.end_column is not None and self.end_column > self.column:
+            width = self.end_column - self.column
+        width = max(1, min(width, len(self.source_line) - self.column + 1))
+        return ["    " + self.source_line, "    " + " " * (self.column - 1) + "^" * width]
+
+
+class DSLSyntaxError(DSLError):
+    """The source does not follow the grammar."""
+
+
+class DSLValidationError(DSLError):
+    """The source parses but describes an invalid network."""
+
+
+class CompilationError(NeuralError):
+    """Code generation failed for a valid network (a bug or an unsupported combination)."""
+
+
+class DataError(NeuralError):
+    """Training data does not fit the network (shape, labels, dtype, NaN)."""
+
+
+class ConfigurationError(NeuralError):
+    """A setting or argument has an invalid value."""
+
+
+class JobStoreError(NeuralError):
+    """The job store cannot be opened or written safely."""
+
+
+class JobError(NeuralError):
+    """A training job did not finish successfully."""
+
+    def __init__(self, message: str, *, job_id: str | None = None, hint: str | None = None):
+        self.job_id = job_id
+        super().__init__(message, hint=hint)
+
+
+class JobFailed(JobError):
+    """The training process exited with an error."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str | None = None,
+        stderr_tail: Sequence[str] = (),
+        dsl_location: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.stderr_tail = [redact(line) for line in stderr_tail]
+        self.dsl_location = dsl_location
+        super().__init__(message, job_id=job_id, hint=hint)
+
+    def details(self) -> list[str]:
+        lines = []
+        if self.dsl_location:
+            lines.append(f"  from the model source at {self.dsl_location}")
+        if self.stderr_tail:
+            lines.append("  last lines of the job's output:")
+            lines.extend("    " + line for line in self.stderr_tail)
+        return lines
+
+
+class JobTimeout(JobError):
+    """The job ran past its time budget and was stopped."""
+
+
+class JobCancelled(JobError):
+    """The job was cancelled."""
+
+
+class PlatformError(NeuralError):
+    """A remote platform refused or failed a request."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        platform: str | None = None,
+        response: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.platform = platform
+        self.response = redact(response) if response else None
+        prefix = f"[{platform}] " if platform else ""
+        super().__init__(prefix + message, hint=hint)
+
+    def details(self) -> list[str]:
+        return [f"  platform response: {self.response}"] if self.response else []
+
+
+class PlatformConnectionError(PlatformError):
+    """The platform could not be reached (network, DNS, refused connection)."""
+
+
+class PlatformAuthError(PlatformError):
+    """Credentials are missing, expired or lack a permission."""
+
+
+class QuotaError(PlatformError):
+    """The platform refused for quota or capacity reasons."""
+
+
+def _source_line(source: str | None, line: int | None) -> str | None:
+    if source is None or line is None:
+        return None
+    lines = source.splitlines()
+    if 1 <= line <= len(lines):
+        return lines[line - 1].replace("\t", " ")
+    return None

@@ -1,0 +1,67 @@
+"""Redaction of secrets from anything shown, logged or stored.
+
+Two guards: exact values registered at run time (an API token read from the environment,
+a generated dashboard password) and patterns for secrets we never registered (AWS keys,
+bearer tokens, passwords in URLs, private-key blocks).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+MASK = "****"
+
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # AWS access key ids and the secret keys that usually follow them
+    (re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b"), MASK),
+    (
+        re.compile(r"(?i)(aws_secret_access_key|aws_session_token)(\s*[=:]\s*)[\"']?[^\s\"']+"),
+        r"\1\2" + MASK,
+    ),
+    # key=value / key: value for obviously secret keys
+    (
+        re.compile(
+            r"(?i)\b([A-Z0-9_]*(?:token|secret|password|passwd|api[_-]?key|authtoken)"
+            r"[A-Z0-9_]*)(\"?\s*[=:]\s*\"?)([^\s\"',;&]{4,})"
+        ),
+        r"\1\2" + MASK,
+    ),
+    # Authorization headers
+    (re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + MASK),
+    # user:password@host in URLs
+    (re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^/\s:@]+):([^@\s/]+)@"), r"\1:" + MASK + "@"),
+    # PEM private keys
+    (
+        re.compile(
+            r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.DOTALL
+        ),
+        "-----PRIVATE KEY " + MASK + "-----",
+    ),
+    # GitHub / Databricks / ngrok / Slack style tokens
+    (re.compile(r"\b(ghp|gho|ghs|dapi|xox[abp])[_-]?[A-Za-z0-9]{16,}\b"), MASK),
+)
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret value so every later redaction masks it (values < 4 chars ignored)."""
+    if value and len(value) >= 4:
+        with _lock:
+            _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with registered secrets and secret-looking patterns masked."""
+    if not text:
+        return text
+    with _lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
