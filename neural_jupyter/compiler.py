@@ -61,6 +61,8 @@ def compile_all(
     """Compile every network defined in ``source`` (in order)."""
     backend = check_backend(backend)
     program = parse(source, source_name)
+    if not program.networks:
+        analyze(program)  # raises the "no network is defined" error with its place
     return [CompiledModel(analyze(program, node.name), backend) for node in program.networks]
 
 
