@@ -1,0 +1,499 @@
+# ruff: noqa
+# The generic part of every generated PyTorch train.py. The code generator prepends the
+# imports, the model class and the network-specific hooks (make_loss, make_optimizer,
+# make_scheduler and the constants TASK, LABELS, OUTPUT_ACTIVATION, METRICS, INPUT_DTYPE)
+# and appends everything below the BODY marker. It must only use the standard library,
+# numpy and torch: a bundle runs anywhere without neural-jupyter installed.
+# ----- BODY -----
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT) + (
+    (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
+)
+EXIT_TIMEOUT = 124
+EXIT_STOPPED = 143
+
+
+class Stopped(Exception):
+    """Raised inside the loop when a stop signal arrives or the time budget is spent."""
+
+    def __init__(self, reason: str, exit_code: int) -> None:
+        super().__init__(reason)
+        self.exit_code = exit_code
+
+
+_stop_request: list[Stopped] = []
+
+
+def emit(event: str, **fields) -> None:
+    """One line of the event protocol on stdout (other output is plain log lines)."""
+    record = {"event": event, "time": round(time.time(), 3), **fields}
+    sys.stdout.write(json.dumps(record, default=_jsonable) + "\n")
+    sys.stdout.flush()
+
+
+def _jsonable(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return str(value)
+
+
+def log(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def _on_signal(signum, frame) -> None:
+    _stop_request.append(Stopped(f"signal {signal.Signals(signum).name}", EXIT_STOPPED))
+
+
+def seed_everything(seed: int, deterministic: bool) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested not in ("auto", ""):
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def load_data(bundle: Path, job: dict, generator: torch.Generator):
+    """Training and validation arrays; a seeded random split if no validation set."""
+    with np.load(bundle / job.get("data", "data.npz")) as data:
+        arrays = {key: data[key] for key in data.files}
+    x_train, y_train = arrays["x_train"], arrays["y_train"]
+    x_val, y_val = arrays.get("x_val"), arrays.get("y_val")
+    split = float(job.get("validation_split") or 0.0)
+    if x_val is None and split > 0:
+        count = int(round(len(x_train) * split))
+        if 0 < count < len(x_train):
+            order = torch.randperm(len(x_train), generator=generator).numpy()
+            val_idx, train_idx = order[:count], order[count:]
+            x_val, y_val = x_train[val_idx], y_train[val_idx]
+            x_train, y_train = x_train[train_idx], y_train[train_idx]
+    return x_train, y_train, x_val, y_val
+
+
+def to_tensors(x: np.ndarray, y: np.ndarray, device: torch.device):
+    x_dtype = torch.long if INPUT_DTYPE == "int64" else torch.float32
+    y_dtype = torch.long if LABELS == "sparse" else torch.float32
+    x_t = torch.as_tensor(x).to(x_dtype)
+    y_t = torch.as_tensor(y).to(y_dtype)
+    if LABELS == "binary":
+        y_t = y_t.reshape(len(y_t), -1)
+    # Small data sets live on the device for the whole run (no per-batch copies).
+    if x_t.element_size() * x_t.numel() < 512 * 2**20:
+        x_t, y_t = x_t.to(device), y_t.to(device)
+    return x_t, y_t
+
+
+def batch_stats(output: torch.Tensor, target: torch.Tensor) -> dict:
+    """Sums (not means) of each metric over the batch, as tensors (no device sync)."""
+    stats = {}
+    if "accuracy" in METRICS:
+        if TASK == "multiclass":
+            labels = target if LABELS == "sparse" else target.argmax(dim=-1)
+            stats["accuracy"] = (output.argmax(dim=-1) == labels).sum()
+        else:
+            # binary models output logits here (BCEWithLogitsLoss): threshold at 0
+            predicted = (output > 0).to(target.dtype)
+            stats["accuracy"] = (predicted == target).float().mean(dim=-1).sum()
+    if "mae" in METRICS or "mse" in METRICS:
+        values = apply_output_activation(output).float()
+        difference = (values - target.reshape(values.shape)).reshape(len(values), -1)
+        if "mae" in METRICS:
+            stats["mae"] = difference.abs().mean(dim=-1).sum()
+        if "mse" in METRICS:
+            stats["mse"] = difference.pow(2).mean(dim=-1).sum()
+    return stats
+
+
+def apply_output_activation(output: torch.Tensor) -> torch.Tensor:
+    if OUTPUT_ACTIVATION == "softmax":
+        return torch.softmax(output, dim=-1)
+    if OUTPUT_ACTIVATION == "sigmoid":
+        return torch.sigmoid(output)
+    return output
+
+
+def loss_target(target: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    if TASK == "regression":
+        return target.reshape(output.shape)
+    return target
+
+
+class EarlyStopping:
+    def __init__(self, settings: dict | None) -> None:
+        self.settings = settings
+        self.best = None
+        self.best_epoch = None
+        self.best_state = None
+        self.wait = 0
+        self.warned = False
+
+    @property
+    def mode(self) -> str:
+        return "max" if "accuracy" in self.settings["monitor"] else "min"
+
+    def observe(self, epoch: int, metrics: dict, model: nn.Module) -> bool:
+        """Record an epoch; True when training should stop."""
+        if not self.settings:
+            return False
+        monitor = self.settings["monitor"]
+        if monitor not in metrics:
+            fallback = monitor.removeprefix("val_")
+            if not self.warned:
+                log(f"early stopping: '{monitor}' is not available; using '{fallback}'")
+                self.warned = True
+            monitor = fallback
+        value = metrics.get(monitor)
+        if value is None:
+            return False
+        delta = self.settings.get("min_delta", 0.0)
+        improved = self.best is None or (
+            value > self.best + delta
+            if self.mode == "max"
+            else value < self.best - delta
+        )
+        if improved:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.settings.get("restore_best_weights", True):
+                self.best_state = {
+                    k: v.detach().to("cpu", copy=True)
+                    for k, v in model.state_dict().items()
+                }
+            return False
+        self.wait += 1
+        return self.wait > self.settings["patience"]
+
+    def state(self) -> dict:
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "best_state": self.best_state,
+        }
+
+    def restore(self, state: dict) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.wait, self.best_state = state["wait"], state["best_state"]
+
+
+def save_atomic(obj, path: Path) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, temporary)
+    os.replace(temporary, path)
+
+
+def write_json_atomic(obj, path: Path) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(obj, indent=2, default=_jsonable))
+    os.replace(temporary, path)
+
+
+def run_epoch(
+    model, loss_fn, optimizer, scheduler, x, y, job, state, device, autocast, scaler
+):
+    """One pass over the training data; returns mean loss and metrics."""
+    model.train()
+    count = len(x)
+    batch_size = job["batch_size"]
+    steps = math.ceil(count / batch_size)
+    if job.get("shuffle", True):
+        order = torch.randperm(count, generator=state["generator"]).to(x.device)
+    else:
+        order = torch.arange(count, device=x.device)
+    total_loss = torch.zeros((), device=device)
+    totals: dict = {}
+    last_emit = 0.0
+    for step in range(steps):
+        if _stop_request:
+            raise _stop_request[0]
+        if state["deadline"] and time.monotonic() > state["deadline"]:
+            raise Stopped("time budget spent", EXIT_TIMEOUT)
+        index = order[step * batch_size : (step + 1) * batch_size]
+        xb = x[index].to(device, non_blocking=True)
+        yb = y[index].to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            output = model(xb)
+            loss = loss_fn(output, loss_target(yb, output))
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None and scheduler[1] == "batch":
+            scheduler[0].step()
+        with torch.no_grad():
+            total_loss += loss.detach() * len(index)
+            for key, value in batch_stats(output.detach(), yb).items():
+                totals[key] = totals.get(key, 0) + value
+        state["global_step"] += 1
+        now = time.monotonic()
+        if now - last_emit >= 0.1 or step == steps - 1:
+            last_emit = now
+            emit(
+                "batch",
+                epoch=state["epoch"],
+                batch=step + 1,
+                batches=steps,
+                loss=round(loss.item(), 6),
+            )
+        debug_hook(model, state, loss)
+    metrics = {"loss": (total_loss / count).item()}
+    metrics.update({key: (value / count).item() for key, value in totals.items()})
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(model, loss_fn, x, y, batch_size, device, autocast) -> dict:
+    model.eval()
+    total_loss = torch.zeros((), device=device)
+    totals: dict = {}
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size].to(device)
+        yb = y[start : start + batch_size].to(device)
+        with autocast():
+            output = model(xb)
+            loss = loss_fn(output, loss_target(yb, output))
+        total_loss += loss.float() * len(xb)
+        for key, value in batch_stats(output, yb).items():
+            totals[key] = totals.get(key, 0) + value
+    metrics = {"val_loss": (total_loss / len(x)).item()}
+    metrics.update(
+        {f"val_{key}": (value / len(x)).item() for key, value in totals.items()}
+    )
+    return metrics
+
+
+def debug_hook(model, state, loss) -> None:
+    """Replaced in debug bundles; a no-op otherwise."""
+
+
+def make_autocast(precision: str, device: torch.device):
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        if precision == "fp16" and device.type == "cpu":
+            log("fp16 mixed precision needs a GPU; training in fp32 on the CPU")
+        else:
+            scaler = (
+                torch.amp.GradScaler("cuda")
+                if (precision == "fp16" and device.type == "cuda")
+                else None
+            )
+            return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
+    return contextlib.nullcontext, None
+
+
+def train(bundle: Path, job: dict, resume: bool) -> dict:
+    output_dir = bundle / job.get("output_dir", "output")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = output_dir / "checkpoint.pt"
+    started = time.monotonic()
+    generator = seed_everything(int(job.get("seed", 0)), bool(job.get("deterministic")))
+    device = pick_device(job.get("device", "auto"))
+    x_train, y_train, x_val, y_val = load_data(bundle, job, generator)
+    x, y = to_tensors(x_train, y_train, device)
+    val = to_tensors(x_val, y_val, device) if x_val is not None and len(x_val) else None
+    model = build_model().to(device)
+    loss_fn = make_loss()
+    optimizer = make_optimizer(model.parameters())
+    steps_per_epoch = math.ceil(len(x) / job["batch_size"])
+    scheduler = make_scheduler(optimizer)
+    autocast, scaler = make_autocast(job.get("precision", "fp32"), device)
+    stopper = EarlyStopping(job.get("early_stopping"))
+    history: list[dict] = []
+    start_epoch = 1
+    max_seconds = job.get("max_seconds")
+    state = {
+        "generator": generator,
+        "global_step": 0,
+        "epoch": 0,
+        "deadline": started + max_seconds if max_seconds else None,
+        "debug_every": job.get("debug_every"),
+    }
+    if resume and checkpoint_path.exists():
+        checkpoint = torch.load(
+            checkpoint_path, map_location=device, weights_only=False
+        )
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if scheduler is not None and checkpoint.get("scheduler"):
+            scheduler[0].load_state_dict(checkpoint["scheduler"])
+        generator.set_state(checkpoint["generator"])
+        history = checkpoint["history"]
+        stopper.restore(checkpoint["early_stopping"])
+        state["global_step"] = checkpoint["global_step"]
+        start_epoch = checkpoint["epoch"] + 1
+    epochs = int(job["epochs"])
+    emit(
+        "start",
+        job_id=job.get("job_id"),
+        model=job.get("model"),
+        framework="pytorch",
+        torch=torch.__version__,
+        device=str(device),
+        device_name=device_name(device),
+        epochs=epochs,
+        batch_size=job["batch_size"],
+        steps_per_epoch=steps_per_epoch,
+        train_samples=len(x),
+        val_samples=len(val[0]) if val else 0,
+        params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        precision=job.get("precision", "fp32"),
+        resumed_from=start_epoch - 1 if start_epoch > 1 else None,
+    )
+    stopped_early = False
+    for epoch in range(start_epoch, epochs + 1):
+        epoch_start = time.monotonic()
+        state["epoch"] = epoch
+        metrics = run_epoch(
+            model,
+            loss_fn,
+            optimizer,
+            scheduler,
+            x,
+            y,
+            job,
+            state,
+            device,
+            autocast,
+            scaler,
+        )
+        if val is not None:
+            metrics.update(
+                evaluate(
+                    model, loss_fn, val[0], val[1], job["batch_size"], device, autocast
+                )
+            )
+        metrics["lr"] = optimizer.param_groups[0]["lr"]
+        if scheduler is not None and scheduler[1] == "epoch":
+            scheduler[0].step()
+        history.append({"epoch": epoch, **metrics})
+        stop = stopper.observe(epoch, metrics, model)
+        emit(
+            "epoch",
+            epoch=epoch,
+            epochs=epochs,
+            metrics=metrics,
+            duration=round(time.monotonic() - epoch_start, 4),
+        )
+        save_atomic(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler[0].state_dict()
+                if scheduler is not None
+                else None,
+                "generator": generator.get_state(),
+                "history": history,
+                "early_stopping": stopper.state(),
+                "global_step": state["global_step"],
+                "epoch": epoch,
+            },
+            checkpoint_path,
+        )
+        if stop:
+            stopped_early = True
+            settings = stopper.settings
+            log(
+                f"early stopping after epoch {epoch}: no improvement in "
+                f"{settings['monitor']} for {settings['patience']} epochs"
+            )
+            break
+    if stopper.best_state is not None:
+        model.load_state_dict(stopper.best_state)
+    weights = output_dir / "model.pt"
+    save_atomic(model.state_dict(), weights)
+    write_json_atomic(history, output_dir / "history.json")
+    for name, path in (
+        ("weights", weights),
+        ("history", output_dir / "history.json"),
+        ("checkpoint", checkpoint_path),
+    ):
+        emit(
+            "artifact",
+            name=name,
+            path=str(path.relative_to(bundle)),
+            bytes=path.stat().st_size,
+        )
+    final = history[-1] if history else {}
+    result = {
+        "metrics": {k: v for k, v in final.items() if k != "epoch"},
+        "best_epoch": stopper.best_epoch or (final.get("epoch") if final else None),
+        "epochs_run": len(history),
+        "stopped_early": stopped_early,
+        "wall_time": round(time.monotonic() - started, 3),
+    }
+    if stopper.best_epoch is not None:
+        best = next(h for h in history if h["epoch"] == stopper.best_epoch)
+        result["best_metrics"] = {k: v for k, v in best.items() if k != "epoch"}
+    emit("done", **result)
+    return result
+
+
+def explain(exc: BaseException) -> str | None:
+    text = str(exc)
+    if "out of memory" in text.lower():
+        return "the GPU ran out of memory: try a smaller batch_size or --precision bf16"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--job", default="job.json", help="job settings (JSON)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoint"
+    )
+    args = parser.parse_args(argv)
+    bundle = Path(args.job).resolve().parent
+    job = json.loads(Path(args.job).read_text())
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _on_signal)
+    status_path = bundle / job.get("output_dir", "output") / "status.json"
+    status_path.parent.mkdir(parents=True, exist_ok=True)
+    code = 0
+    try:
+        train(bundle, job, resume=args.resume or bool(job.get("resume")))
+    except Stopped as stop:
+        code = stop.exit_code
+        log(f"training stopped: {stop}")
+    except Exception as exc:  # reported as an event, then a non-zero exit
+        code = 1
+        emit(
+            "error",
+            type=type(exc).__name__,
+            message=str(exc),
+            traceback=traceback.format_exc(),
+            hint=explain(exc),
+        )
+    write_json_atomic({"exit_code": code}, status_path)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
