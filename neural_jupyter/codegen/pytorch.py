@@ -275,6 +275,9 @@ def _global_pool(g: _Generator, layer: LayerSpec, is_output: bool) -> None:
 
 def _flatten(g: _Generator, layer: LayerSpec, is_output: bool) -> None:
     if len(layer.input_shape) > 1:
+        # Flatten in channels-last order, as Keras does, so a later Reshape or Dense sees
+        # the values where the language says they are.
+        g.to_layout("cl")
         g.step("x = torch.flatten(x, 1)")
 
 
