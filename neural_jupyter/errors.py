@@ -142,6 +142,18 @@ class JobFailed(JobError):
         return lines
 
 
+class JobDetached(JobError):
+    """Waiting stopped (Ctrl-C or Detach); the job itself keeps running."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"stopped watching job {job_id}; it keeps running.",
+            job_id=job_id,
+            hint=f"%neural_attach {job_id} to watch it again, %neural_cancel {job_id} to "
+            "stop it (Python: neural_jupyter.jobs.get(id).result() / .cancel())",
+        )
+
+
 class JobTimeout(JobError):
     """The job ran past its time budget and was stopped."""
 

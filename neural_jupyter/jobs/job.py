@@ -1,0 +1,219 @@
+"""``Job``: one training job as the Python API sees it, wherever it runs.
+
+The job store is the index; the backend is the truth. ``Job`` asks the backend, folds its
+event stream into the store, and turns a failure into ``JobFailed``/``JobTimeout``/
+``JobCancelled`` with the last lines of output and the model-source line involved.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from neural_jupyter.backends import get_backend
+from neural_jupyter.backends.base import Backend, RemoteJob, RemoteStatus, StreamItem
+from neural_jupyter.errors import JobCancelled, JobError, JobFailed, JobTimeout
+from neural_jupyter.jobs.result import TrainingRun
+from neural_jupyter.jobs.store import JobRecord, JobStatus, JobStore
+from neural_jupyter.jobs.tracker import Tracker
+from neural_jupyter.runtime.events import LogLine
+from neural_jupyter.runtime.tail import last_lines
+
+
+class Job:
+    """A handle on a job in the store: status, live events, wait, result, cancel, logs."""
+
+    def __init__(self, record: JobRecord, store: JobStore | None = None) -> None:
+        self.store = store or JobStore()
+        self.record = record
+        self.tracker = Tracker(self.store, record.id)
+
+    @classmethod
+    def load(cls, job_id: str, store: JobStore | None = None) -> Job:
+        store = store or JobStore()
+        return cls(store.get(job_id), store)
+
+    # --- identity ---------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.record.job_dir or ".")
+
+    @property
+    def backend(self) -> Backend:
+        return get_backend(self.record.backend)
+
+    def remote(self) -> RemoteJob:
+        return RemoteJob(
+            self.id, self.directory, self.record.remote_id, self.record.config.get("remote", {})
+        )
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.name} on {self.record.backend}: {self.record.status.value}>"
+
+    # --- state ------------------------------------------------------------------------------
+    @property
+    def status(self) -> JobStatus:
+        return self.refresh().status
+
+    def refresh(self) -> JobRecord:
+        """Ask the backend (unless the store already has a final state) and update the store."""
+        self.record = self.store.get(self.id)
+        if self.record.status.is_terminal or self.record.remote_id is None:
+            return self.record
+        remote = self.backend.status(self.remote())
+        if remote.is_terminal:
+            self._replay_and_finish(remote)
+        elif remote.state == "RUNNING" and self.record.status is not JobStatus.RUNNING:
+            self.record = self.store.set_status(self.id, JobStatus.RUNNING)
+        return self.record
+
+    def _replay_and_finish(self, remote: RemoteStatus) -> None:
+        """Read the whole (finished) stream once so the store gets the final metrics."""
+        for item in self.backend.events(self.remote(), follow=False):
+            self.tracker.apply(item)
+        self.tracker.finish(remote)
+        self.record = self.store.get(self.id)
+
+    def follow(self) -> Iterator[StreamItem]:
+        """The job's events as they happen (from the start), ending when the job does.
+
+        Yields ``None`` heartbeats while waiting. The store is updated along the way.
+        """
+        self.tracker = Tracker(self.store, self.id)
+        if self.record.remote_id is None:
+            raise JobError(f"job {self.id} was never started", job_id=self.id)
+        for item in self.backend.events(self.remote(), follow=True):
+            self.tracker.apply(item)
+            yield item
+        remote = self.backend.status(self.remote())
+        if not remote.is_terminal:  # the stream ended early (e.g. a lost connection)
+            remote = self._await_terminal()
+        self.tracker.finish(remote)
+        self.record = self.store.get(self.id)
+
+    def _await_terminal(self, poll: float = 0.5) -> RemoteStatus:
+        while True:
+            remote = self.backend.status(self.remote())
+            if remote.is_terminal:
+                return remote
+            time.sleep(poll)
+
+    @property
+    def progress(self):
+        return self.tracker.progress
+
+    def wait(self, timeout: float | None = None) -> JobRecord:
+        """Block until the job ends (or ``timeout`` seconds pass: ``JobTimeout``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.refresh().status.is_terminal:
+            return self.record
+        for _ in self.follow():
+            if deadline is not None and time.monotonic() > deadline:
+                raise JobTimeout(
+                    f"job {self.id} still running after {timeout:g} s of waiting; it keeps running",
+                    job_id=self.id,
+                )
+        return self.record
+
+    def result(self) -> TrainingRun:
+        """The finished run; raises ``JobFailed``, ``JobTimeout`` or ``JobCancelled``."""
+        record = self.wait()
+        self.raise_for_status()
+        return TrainingRun.from_directory(record, self.bundle_dir)
+
+    def raise_for_status(self) -> None:
+        record = self.record
+        if record.status is JobStatus.SUCCEEDED:
+            return
+        if record.status is JobStatus.CANCELLED:
+            raise JobCancelled(f"job {self.id} was cancelled", job_id=self.id)
+        if record.status is JobStatus.FAILED:
+            summary = record.error or "the job failed"
+            if "time limit" in summary or record.exit_code == 124:
+                raise JobTimeout(f"job {self.id} stopped at its time limit", job_id=self.id)
+            raise JobFailed(
+                f"job {self.id} ({self.name}) failed: {summary}",
+                job_id=self.id,
+                stderr_tail=self.logs(tail=15, stream="stderr"),
+                dsl_location=self.dsl_location(),
+                hint=_hint(summary),
+            )
+        raise JobError(f"job {self.id} is {record.status.value}", job_id=self.id)
+
+    # --- actions ----------------------------------------------------------------------------
+    def cancel(self) -> JobRecord:
+        """Stop the job (its whole process tree, or the remote job) and record CANCELLED."""
+        record = self.refresh()
+        if record.status.is_terminal:
+            return record
+        self.backend.cancel(self.remote())
+        self.record = self.store.set_status(self.id, JobStatus.CANCELLED, error="cancelled")
+        return self.record
+
+    @property
+    def bundle_dir(self) -> Path:
+        return self.directory / "bundle"
+
+    def logs(self, tail: int | None = None, stream: str = "both") -> list[str]:
+        """Plain log lines (events left out); ``tail`` keeps the last N."""
+        lines: list[str] = []
+        streams = ("stdout", "stderr") if stream == "both" else (stream,)
+        for name in streams:
+            path = self.directory / f"{name}.log"
+            source = last_lines(path, (tail or 0) * 4 + 200) if tail else None
+            if source is None:
+                source = path.read_text(errors="replace").splitlines() if path.exists() else []
+            lines.extend(line for line in source if not line.startswith('{"event"'))
+        return lines[-tail:] if tail else lines
+
+    def dsl_location(self) -> str | None:
+        """The model-source line of the layer in the deepest train.py frame of the error."""
+        error = self.tracker.progress.error
+        text = (error or {}).get("traceback") or "\n".join(self.logs(stream="stderr")[-60:])
+        frames = re.findall(r'File ".*train\.py", line (\d+)', text)
+        script = self.bundle_dir / "train.py"
+        spec_file = self.bundle_dir / "spec.json"
+        if not frames or not script.exists() or not spec_file.exists():
+            return None
+        code = script.read_text().splitlines()
+        layers = _layer_lines(json.loads(spec_file.read_text()).get("layers", []))
+        for number in reversed(frames):
+            index = int(number) - 1
+            line = code[index] if 0 <= index < len(code) else ""
+            for name, dsl_line in layers.items():
+                if re.search(rf"\b{re.escape(name)}\b", line):
+                    return f"line {dsl_line} (layer {name})"
+        return None
+
+
+def _layer_lines(layers: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for layer in layers:
+        out[layer["name"]] = layer["line"]
+        out.update(_layer_lines(layer.get("children", [])))
+    return out
+
+
+def _hint(summary: str) -> str | None:
+    lowered = summary.lower()
+    if "out of memory" in lowered:
+        return "reduce the batch size (--batch-size) or use --precision bf16"
+    return None
+
+
+def stream_logs(items: Iterator[StreamItem]) -> Iterator[str]:
+    for item in items:
+        if isinstance(item, LogLine):
+            yield item.text
