@@ -10,13 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Enum
 from traitlets.config import Configurable
 
 BACKEND_CHOICES = ("pytorch", "keras")
 SHOW_CHOICES = ("summary", "code", "both", "none")
+MONITOR_CHOICES = ("auto", "widget", "text", "none")
+STATUS_CHOICES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "UNKNOWN")
 
 
 @magics_class
@@ -34,6 +36,14 @@ class NeuralMagics(Magics, Configurable):
         default_value="summary",
         config=True,
         help="What %%neural_compile displays when --show is not given.",
+    )
+
+    monitor = Enum(
+        MONITOR_CHOICES,
+        default_value="auto",
+        config=True,
+        help="How %%neural_run and %neural_attach show progress: a widget where a Jupyter "
+        "front-end is likely, text otherwise (auto), or always one of them.",
     )
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
@@ -113,3 +123,150 @@ class NeuralMagics(Magics, Configurable):
             self._display(model.summary())
         if show in ("code", "both"):
             self._display(Code(model.code, language="python"))
+
+    # --- %%neural_run -------------------------------------------------------------------------
+    def _resolve_model(self, model_name: str | None, cell: str, backend: str) -> Any:
+        from neural_jupyter.compiler import CompiledModel, compile_model
+
+        text = cell.strip()
+        name = model_name or (text if text.isidentifier() else None)
+        if name is not None:
+            value = self.shell.user_ns.get(name)
+            if not isinstance(value, CompiledModel):
+                raise UsageError(
+                    f"'{name}' is not a compiled model in this notebook; run "
+                    "%%neural_compile first or put the model source in the cell"
+                )
+            return value
+        if not text:
+            raise UsageError(
+                "put the model source (or a compiled model's name) in the cell, or use --model NAME"
+            )
+        return compile_model(text, backend, source_name=self._cell_name())
+
+    @magic_arguments()
+    @argument("--model", metavar="NAME", help="A compiled model to train (instead of the cell).")
+    @argument(
+        "--data",
+        metavar="DATA",
+        help="Training data: 'X_train,y_train' notebook variables, a DataFrame name with "
+        "--target, a .npz/.csv file, 'x.npy,y.npy', 'digits' or 'synthetic'.",
+    )
+    @argument("--val", metavar="DATA", help="Validation data, in the same forms as --data.")
+    @argument("--target", metavar="COLUMN", help="Label column of a DataFrame or CSV file.")
+    @argument("--epochs", type=int, help="Override the model's epochs.")
+    @argument("--batch-size", type=int, help="Override the model's batch size.")
+    @argument("--seed", type=int, help="Override the model's random seed.")
+    @argument("--backend", default="local", help="Where to train (default: local).")
+    @argument("--timeout", type=float, metavar="S", help="Stop the job after S seconds.")
+    @argument("--gpus", metavar="IDS", help="GPUs to use, e.g. 0,1 (CUDA_VISIBLE_DEVICES).")
+    @argument("--precision", choices=("fp32", "bf16", "fp16"), help="Mixed precision.")
+    @argument("--debug", action="store_true", help="Emit per-layer statistics (dashboard).")
+    @argument("--no-wait", action="store_true", help="Return the Job at once; train on.")
+    @argument("--monitor", choices=MONITOR_CHOICES, help="Progress display (default: auto).")
+    @argument("--as", dest="as_name", metavar="NAME", help="Also store the result as NAME.")
+    @cell_magic
+    def neural_run(self, line: str, cell: str) -> Any:
+        """Train a model locally with a live monitor; the result is a TrainingRun.
+
+        The cell holds model source or the name of a compiled model. Ctrl-C detaches (the job
+        keeps running: %neural_attach ID / %neural_cancel ID).
+        """
+        from neural_jupyter import api
+
+        args = parse_argstring(self.neural_run, line)
+        model = self._resolve_model(args.model, cell, self.default_backend)
+        result = api.run(
+            model,
+            args.data,
+            val=args.val,
+            target=args.target,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            backend=args.backend,
+            timeout=args.timeout,
+            gpus=args.gpus,
+            precision=args.precision,
+            debug=args.debug,
+            wait=not args.no_wait,
+            monitor=args.monitor or self.monitor,
+            namespace=self.shell.user_ns,
+        )
+        if args.as_name:
+            self._store(args.as_name, result)
+        return result
+
+    # --- jobs -----------------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("--status", type=str.upper, choices=STATUS_CHOICES, help="Only jobs in this state.")
+    @argument("--backend", help="Only jobs on this backend.")
+    @argument("--limit", type=int, default=20, help="At most this many (newest first).")
+    @line_magic
+    def neural_jobs(self, line: str) -> None:
+        """List jobs from the job store (all kernels, all backends)."""
+        from neural_jupyter import jobs
+        from neural_jupyter.ui.tables import JobTable
+
+        args = parse_argstring(self.neural_jobs, line)
+        records = [
+            job.record
+            for job in jobs.list(status=args.status, backend=args.backend, limit=args.limit)
+        ]
+        self._display(JobTable(records))
+
+    @magic_arguments()
+    @argument("job_id", metavar="ID", help="Job id (a unique prefix is enough).")
+    @argument("--monitor", choices=MONITOR_CHOICES, help="Progress display (default: auto).")
+    @line_magic
+    def neural_attach(self, line: str) -> Any:
+        """Watch a job again (also after a kernel restart); returns its TrainingRun."""
+        from neural_jupyter import api
+
+        args = parse_argstring(self.neural_attach, line)
+        return api.attach(args.job_id, args.monitor or self.monitor)
+
+    @magic_arguments()
+    @argument("job_id", metavar="ID", help="Job id (a unique prefix is enough).")
+    @line_magic
+    def neural_cancel(self, line: str) -> None:
+        """Stop a job for good (its whole process tree, or the remote job)."""
+        from neural_jupyter import api
+
+        args = parse_argstring(self.neural_cancel, line)
+        job = api.cancel(args.job_id)
+        print(f"job {job.id} is {job.record.status.value}")
+
+    @magic_arguments()
+    @argument("job_id", metavar="ID", help="Job id (a unique prefix is enough).")
+    @argument("--tail", type=int, metavar="N", help="Only the last N lines.")
+    @line_magic
+    def neural_logs(self, line: str) -> None:
+        """Print a job's log lines (its output without the event protocol)."""
+        from neural_jupyter import jobs
+
+        args = parse_argstring(self.neural_logs, line)
+        for text in jobs.get(args.job_id).logs(tail=args.tail):
+            print(text)
+
+    # --- environment ----------------------------------------------------------------------------
+    @magic_arguments()
+    @argument(
+        "--apply",
+        action="store_true",
+        help="Also set the GPU memory-growth variables in this kernel (warns when a "
+        "framework was already initialised and it is too late).",
+    )
+    @line_magic
+    def neural_env(self, line: str) -> None:
+        """Show the platform, accelerators, framework versions and the job settings."""
+        from neural_jupyter.runtime.env_report import environment_report
+        from neural_jupyter.runtime.gpu_settings import apply_to_kernel
+
+        args = parse_argstring(self.neural_env, line)
+        self._display(environment_report())
+        if args.apply:
+            warnings = apply_to_kernel()
+            for warning in warnings:
+                print(f"warning: {warning}")
+            print("memory-growth settings applied to this kernel")

@@ -37,7 +37,7 @@ _BADGE = {
 def format_seconds(seconds: float | None) -> str:
     if seconds is None or seconds != seconds or seconds < 0:
         return "–"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

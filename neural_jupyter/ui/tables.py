@@ -1,0 +1,75 @@
+"""Job listings as HTML and text tables."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import Any
+
+_COLUMNS = ("id", "name", "backend", "status", "created", "duration", "metrics")
+
+
+def _duration(record: Any) -> str:
+    from datetime import datetime
+
+    if not record.started_at:
+        return "–"
+    start = datetime.fromisoformat(record.started_at)
+    end = datetime.fromisoformat(record.finished_at) if record.finished_at else None
+    if end is None:
+        return "running"
+    seconds = int((end - start).total_seconds())
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _metrics(record: Any) -> str:
+    keys = [
+        k
+        for k in ("val_accuracy", "accuracy", "val_loss", "loss", "val_mae", "mae")
+        if isinstance(record.metrics.get(k), (int, float))
+    ]
+    return " ".join(f"{k}={record.metrics[k]:.4g}" for k in keys[:3])
+
+
+def _row(record: Any) -> tuple[str, ...]:
+    return (
+        record.id,
+        record.name,
+        record.backend,
+        record.status.value,
+        record.created_at[:19].replace("T", " "),
+        _duration(record),
+        _metrics(record),
+    )
+
+
+class JobTable:
+    """Displays a list of ``JobRecord``s (HTML in notebooks, text elsewhere)."""
+
+    def __init__(self, records: Sequence[Any]) -> None:
+        self.records = list(records)
+
+    def __str__(self) -> str:
+        if not self.records:
+            return "no jobs"
+        rows = [_COLUMNS, *(_row(r) for r in self.records)]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+        return "\n".join(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            for row in rows
+        )
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        if not self.records:
+            return "<i>no jobs</i>"
+        head = "".join(f"<th style='text-align:left'>{c}</th>" for c in _COLUMNS)
+        body = "".join(
+            "<tr>"
+            + "".join(f"<td style='text-align:left'>{html.escape(cell)}</td>" for cell in _row(r))
+            + "</tr>"
+            for r in self.records
+        )
+        return f"<table class='neural-jobs'><thead><tr>{head}</tr></thead>{body}</table>"
