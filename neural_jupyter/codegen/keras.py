@@ -83,10 +83,10 @@ class _Generator:
         with w.indent():
             for entry in self.body:
                 if isinstance(entry, str):
-                    w.line(entry)
+                    w.assignment(entry)
                 else:
                     w.statement(*entry)
-            w.line(f"return keras.Model(inputs, x, name={literal(spec.name)})")
+            w.statement("return ", "keras.Model", ["inputs", "x", f"name={literal(spec.name)}"])
         return w.text()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from neural_jupyter.codegen.source import CodeWriter, header_docstring, literal
+from neural_jupyter.codegen.source import LINE_LENGTH, CodeWriter, header_docstring, literal
 from neural_jupyter.dsl.spec import LayerSpec, NetworkSpec
 from neural_jupyter.errors import CompilationError
 
@@ -34,7 +34,7 @@ _ACTIVATIONS = {
 
 _SAME_AVG_POOL = '''
 class KerasSameAvgPool(nn.Module):
-    """Average pooling with Keras "same" padding: padded cells do not count in the mean."""
+    """Average pooling with Keras "same" padding: padded cells do not count."""
 
     def __init__(self, pool: nn.Module, padding: tuple[int, ...]) -> None:
         super().__init__()
@@ -153,9 +153,12 @@ class _Generator:
             w.blank(1)
             w.lines.extend(helper.rstrip("\n").split("\n"))
         w.blank(2)
-        w.line(f"class {spec.name}(nn.Module):")
+        if len(f"class {spec.name}(nn.Module):") <= LINE_LENGTH:
+            w.line(f"class {spec.name}(nn.Module):")
+        else:  # as ruff format splits it
+            w.lines += [f"class {spec.name}(", "    nn.Module", "):"]
         with w.indent():
-            w.line(f"input_shape = {literal(spec.input_shape)}")
+            w.expression("input_shape = ", literal(spec.input_shape))
             w.line(f"output_activation = {literal(fused)}")
             w.blank()
             w.line("def __init__(self) -> None:")
@@ -168,7 +171,7 @@ class _Generator:
             with w.indent():
                 for entry in self.forward:
                     if isinstance(entry, str):
-                        w.line(entry)
+                        w.assignment(entry)
                     else:
                         w.statement(*entry)
                 w.line("return x")
@@ -186,7 +189,10 @@ class _Generator:
                     w.line("logits = self.forward(x)")
                     w.line(f"return {expr}")
         w.blank(2)
-        w.line(f"def build_model() -> {spec.name}:")
+        if len(f"def build_model() -> {spec.name}:") <= LINE_LENGTH:
+            w.line(f"def build_model() -> {spec.name}:")
+        else:  # as ruff format splits it
+            w.lines += ["def build_model() -> (", f"    {spec.name}", "):"]
         with w.indent():
             w.line(f"return {spec.name}()")
         return w.text()
