@@ -25,6 +25,7 @@ class Shell:
     def __init__(self) -> None:
         config = Config()
         config.HistoryManager.hist_file = ":memory:"
+        config.InteractiveShell.colors = "NoColor"
         self.shell = InteractiveShell(config=config)
         self.run("%load_ext neural_jupyter")
 
