@@ -105,8 +105,12 @@ def history_svg(
 class Chart:
     """Displays as SVG in notebooks; ``.svg`` holds the markup."""
 
-    def __init__(self, svg: str) -> None:
+    def __init__(self, svg: str, description: str = "chart") -> None:
         self.svg = svg
+        self.description = description
+
+    def __repr__(self) -> str:
+        return f"<Chart: {self.description}>"
 
     def _repr_svg_(self) -> str:
         return self.svg
@@ -122,4 +126,7 @@ class Chart:
 def history_chart(
     history: Sequence[dict[str, Any]], metrics: Sequence[str] | None = None, title: str = ""
 ) -> Chart:
-    return Chart(history_svg(history, metrics, title))
+    series = ", ".join(name for group in _groups(history, metrics) for name in group)
+    return Chart(
+        history_svg(history, metrics, title), f"{series or 'no metrics'} over {len(history)} epochs"
+    )
