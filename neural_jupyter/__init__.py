@@ -88,7 +88,8 @@ def unload_ipython_extension(ipython: Any) -> None:
     manager = ipython.magics_manager
     for kind in ("line", "cell"):
         table = manager.magics[kind]
-        for name in [n for n, fn in table.items() if isinstance(getattr(fn, "__self__", None),
-                                                                 NeuralMagics)]:
+        for name in [
+            n for n, fn in table.items() if isinstance(getattr(fn, "__self__", None), NeuralMagics)
+        ]:
             del table[name]
     ipython.configurables = [c for c in ipython.configurables if not isinstance(c, NeuralMagics)]

@@ -19,7 +19,7 @@ from neural_jupyter.jobs.store import JobRecord, JobStatus, JobStore
 __all__ = ["Job", "JobRecord", "JobStatus", "JobStore", "TrainingRun", "get", "list"]
 
 
-def list(  # noqa: A001 - the documented API name (neural_jupyter.jobs.list())
+def list(
     status: str | JobStatus | None = None,
     backend: str | None = None,
     limit: int | None = None,
@@ -27,8 +27,9 @@ def list(  # noqa: A001 - the documented API name (neural_jupyter.jobs.list())
 ) -> builtins.list[Job]:
     """Jobs in the store, newest first (all kernels, all backends)."""
     store = store or JobStore()
-    return [Job(record, store) for record in store.list(status=status, backend=backend,
-                                                        limit=limit)]
+    return [
+        Job(record, store) for record in store.list(status=status, backend=backend, limit=limit)
+    ]
 
 
 def get(job_id: str, store: JobStore | None = None) -> Job:
