@@ -397,7 +397,10 @@ class _Analyzer:
             raise self.error(
                 f'unknown loss "{value}"',
                 setting.span,
-                hint=did_you_mean(value, LOSSES) or "known losses: " + ", ".join(LOSSES),
+                hint=did_you_mean(
+                    value, [*LOSSES, *(a for aliases, _ in LOSSES.values() for a in aliases)]
+                )
+                or "known losses: " + ", ".join(LOSSES),
             )
         signature = LOSS_PARAMS.get(name, Signature(name, ()))
         params = self.bind(signature, args, setting.span, "loss", f"loss {name}")
@@ -516,7 +519,10 @@ class _Analyzer:
                 raise self.error(
                     f'unknown metric "{text}"',
                     setting.span,
-                    hint=did_you_mean(text, METRICS) or "known metrics: " + ", ".join(METRICS),
+                    hint=did_you_mean(
+                        text, [*METRICS, *(a for aliases in METRICS.values() for a in aliases)]
+                    )
+                    or "known metrics: " + ", ".join(METRICS),
                 )
             if name == "accuracy" and loss.kind == "regression":
                 raise self.error(

@@ -292,8 +292,8 @@ class _ToIR(Transformer):
 
 def _syntax_error(exc: UnexpectedInput, source: str, source_name: str) -> DSLSyntaxError:
     """Turn a lark error into a message a notebook user can act on."""
-    brace = _unbalanced(source)
-    if brace is not None and (isinstance(exc, UnexpectedEOF) or _is_token(exc, "$END", "RBRACE")):
+    brace = _brace_problem(exc, source)
+    if brace is not None:
         message, line, column, hint = brace
         return DSLSyntaxError(
             message, line=line, column=column, source=source, source_name=source_name, hint=hint
@@ -337,11 +337,6 @@ def _accepted_terminals(exc: UnexpectedInput) -> set[str]:
         except Exception:  # pragma: no cover - fall back to lark's estimate
             pass
     return set(getattr(exc, "expected", ()) or ())
-
-
-def _is_token(exc: UnexpectedInput, *types: str) -> bool:
-    token = getattr(exc, "token", None)
-    return token is not None and token.type in types
 
 
 def _describe_token(token: Token | None) -> str:
@@ -403,21 +398,22 @@ def _end_position(source: str) -> tuple[int, int]:
     return len(lines), len(lines[-1]) + 1
 
 
-def _unbalanced(source: str) -> tuple[str, int, int, str] | None:
-    """Find an unclosed '{' or a stray '}' outside strings and comments."""
-    stack: list[tuple[int, int]] = []
-    line, column = 1, 0
+_TOP_LEVEL = {"DEFINE", "NETWORK"}
+
+
+def _braces(source: str) -> list[tuple[int, str, int, int]]:
+    """Every '{' and '}' outside strings and comments: (offset, char, line, column)."""
+    found: list[tuple[int, str, int, int]] = []
+    line, line_start = 1, 0
     quote: str | None = None
     i = 0
     while i < len(source):
         ch = source[i]
-        column += 1
         if ch == "\n":
-            line, column, quote = line + 1, 0, None
+            line, line_start, quote = line + 1, i + 1, None
         elif quote:
-            if ch == "\\":
+            if ch == "\\" and source[i + 1 : i + 2] != "\n":
                 i += 1
-                column += 1
             elif ch == quote:
                 quote = None
         elif ch in "\"'":
@@ -426,21 +422,68 @@ def _unbalanced(source: str) -> tuple[str, int, int, str] | None:
             end = source.find("\n", i)
             if end < 0:
                 break
-            column += end - i - 1
-            i = end - 1
-        elif ch == "{":
-            stack.append((line, column))
-        elif ch == "}":
-            if not stack:
-                return ("unmatched '}'", line, column, "remove it or add the matching '{'")
-            stack.pop()
+            i = end
+            continue
+        elif ch in "{}":
+            found.append((i, ch, line, i - line_start + 1))
         i += 1
-    if stack:
-        open_line, open_column = stack[-1]
+    return found
+
+
+def _brace_problem(exc: UnexpectedInput, source: str) -> tuple[str, int, int, str] | None:
+    """Explain a parse error that comes from a missing or extra brace.
+
+    Only when the braces do not balance and the parser stopped where a brace matters: it
+    wanted a '}', met a '}' or the end of the input, or was back outside every network.
+    """
+    if isinstance(exc, UnexpectedCharacters):
+        return None
+    braces = _braces(source)
+    opened = sum(1 for _, ch, _, _ in braces if ch == "{")
+    closed = len(braces) - opened
+    if opened == closed:
+        return None
+    token = getattr(exc, "token", None)
+    at_end = token is None or token.type == "$END" or isinstance(exc, UnexpectedEOF)
+    stop = len(source) if at_end else token.start_pos
+    accepted = _accepted_terminals(exc)
+    related = (
+        at_end
+        or token.type == "RBRACE"
+        or "RBRACE" in accepted
+        or (accepted and accepted <= _TOP_LEVEL | {"$END"})
+    )
+    if not related:
+        return None
+    stack: list[tuple[int, int]] = []
+    last_close: tuple[int, int, tuple[int, int]] | None = None
+    for offset, ch, line, column in braces:
+        if offset >= stop:
+            break
+        if ch == "{":
+            stack.append((line, column))
+        elif stack:
+            last_close = (line, column, stack.pop())
+    where = "the end of the input" if at_end else f"line {token.line}, column {token.column}"
+    if opened > closed:
+        if not stack:
+            return None
+        line, column = stack[-1]
         return (
             "'{' is never closed",
-            open_line,
-            open_column,
-            "add the matching '}' at the end of the block",
+            line,
+            column,
+            f"add the matching '}}' to end this block (before {where})",
         )
-    return None
+    if token is not None and token.type == "RBRACE" and not stack:
+        return ("unmatched '}'", token.line, token.column, "remove it or add the matching '{'")
+    if last_close is None:
+        return None
+    line, column, (open_line, open_column) = last_close
+    return (
+        "unmatched '}'",
+        line,
+        column,
+        f"it ends the block opened at line {open_line}, column {open_column} too early, "
+        f"leaving {where} outside it; remove it or add the matching '{{'",
+    )
