@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import threading
 import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from neural_jupyter.backends import get_backend
-from neural_jupyter.backends.base import RemoteJob, ResourceSpec
+from neural_jupyter.backends.base import CostEstimate, RemoteJob, ResourceSpec
 from neural_jupyter.compiler import CompiledModel, compile_model
 from neural_jupyter.errors import ConfigurationError, JobDetached
-from neural_jupyter.jobs.job import Job
+from neural_jupyter.jobs.job import Job, StoreLedger
 from neural_jupyter.jobs.result import TrainingRun
 from neural_jupyter.jobs.store import JobStatus, JobStore
 from neural_jupyter.paths import jobs_dir
+from neural_jupyter.redaction import redact
 from neural_jupyter.runtime import data as data_module
 from neural_jupyter.runtime.bundle import RunSettings, build_bundle
 from neural_jupyter.ui.monitor import MonitorBase, WidgetMonitor, make_monitor
@@ -60,7 +65,7 @@ def start(
         "framework": model.backend,
         "data": dataset.description,
         "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "extra"},
-        "resources": {k: v for k, v in dataclasses.asdict(resources).items() if k != "extra"},
+        "resources": resources.public(),
     }
     record, created = store.create_or_get(
         idempotency_key=idempotency_key or f"{backend}-{uuid.uuid4().hex}",
@@ -83,7 +88,14 @@ def start(
             job_id=record.id,
             backend=model.backend,
         )
-        submission = runner.submit(bundle, RemoteJob(record.id, directory), resources)
+        remote = RemoteJob(
+            record.id,
+            directory,
+            None,
+            {"idempotency_key": record.idempotency_key},
+            StoreLedger(store, record.id),
+        )
+        submission = runner.submit(bundle, remote, resources)
     except BaseException as exc:
         store.set_status(record.id, JobStatus.FAILED, error=f"not started: {exc}"[:500])
         raise
@@ -219,3 +231,221 @@ def cancel(job_id: str, store: JobStore | None = None) -> Job:
     job = Job.load(job_id, store)
     job.cancel()
     return job
+
+
+# --- remote submission -------------------------------------------------------------------------
+COST_CONFIRM_THRESHOLD = 5.0  # USD; above it a submit needs yes=True (--yes) or a click
+
+
+def data_fingerprint(dataset: data_module.Dataset) -> str:
+    digest = hashlib.sha256()
+    for name, array in sorted(dataset.arrays().items()):
+        digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def idempotency_key(
+    platform: str,
+    model: CompiledModel,
+    dataset: data_module.Dataset,
+    settings: RunSettings,
+    resources: ResourceSpec,
+) -> str:
+    """Same model, data, settings and resources on the same platform → the same key, so a
+    re-run cell finds the job it already submitted instead of paying for a second one."""
+    payload = json.dumps(
+        {
+            "platform": platform,
+            "source": model.source,
+            "network": model.name,
+            "framework": model.backend,
+            "hparams": model.hparams,
+            "settings": dataclasses.asdict(settings),
+            "resources": resources.public(),
+            "data": data_fingerprint(dataset),
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return f"{platform}-{hashlib.sha256(payload.encode()).hexdigest()[:20]}"
+
+
+@dataclasses.dataclass
+class SubmitPlan:
+    """What a submit would do: the exact request (redacted), the bundle, the cost."""
+
+    platform: str
+    model: str
+    request: dict[str, Any]
+    cost: CostEstimate | None
+    idempotency_key: str
+    data: str
+    existing_job: str | None = None
+
+    def __str__(self) -> str:
+        lines = [
+            f"Dry run: {self.model} on {self.platform} (nothing was sent)",
+            f"  data: {self.data}",
+            f"  idempotency key: {self.idempotency_key}",
+        ]
+        if self.existing_job:
+            lines.append(f"  already submitted as job {self.existing_job}")
+        lines.append(f"  cost: {self.cost if self.cost else 'no platform charge'}")
+        lines.append("  request:")
+        lines.extend(
+            "    " + line for line in json.dumps(self.request, indent=2, default=str).splitlines()
+        )
+        return redact("\n".join(lines))
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+
+def plan_submission(
+    model: CompiledModel | str,
+    data: Any = None,
+    *,
+    platform: str,
+    resources: ResourceSpec | None = None,
+    val: Any = None,
+    target: str | None = None,
+    namespace: Mapping[str, Any] | None = None,
+    new: bool = False,
+    store: JobStore | None = None,
+    **overrides: Any,
+) -> tuple[SubmitPlan, CompiledModel, data_module.Dataset, RunSettings, ResourceSpec]:
+    """Everything about a submission short of sending it (validated)."""
+    compiled = as_compiled(model)
+    resources = (resources or ResourceSpec()).validated()
+    runner = get_backend(platform)
+    dataset = data_module.resolve(compiled.spec, data, val=val, target=target, namespace=namespace)
+    settings = RunSettings.from_spec(compiled.spec, max_seconds=resources.max_seconds, **overrides)
+    key = idempotency_key(platform, compiled, dataset, settings, resources)
+    if new:
+        key += "-" + uuid.uuid4().hex[:8]
+    existing = (store or JobStore()).find(key)
+    remote = RemoteJob("(new job)", jobs_dir() / "(new job)", None, {"idempotency_key": key})
+    request = redact_mapping(runner.plan(remote, resources))
+    plan = SubmitPlan(
+        platform,
+        compiled.name,
+        request,
+        runner.estimate_cost(resources),
+        key,
+        dataset.description,
+        existing.id if existing else None,
+    )
+    return plan, compiled, dataset, settings, resources
+
+
+def submit(
+    model: CompiledModel | str,
+    data: Any = None,
+    *,
+    platform: str,
+    instance: str | None = None,
+    gpus: int | None = None,
+    gpu_type: str | None = None,
+    max_hours: float | None = None,
+    spot: bool = False,
+    region: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    val: Any = None,
+    target: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    precision: str | None = None,
+    debug: bool = False,
+    dry_run: bool = False,
+    yes: bool = False,
+    new: bool = False,
+    wait: bool = True,
+    monitor: str = "auto",
+    name: str | None = None,
+    namespace: Mapping[str, Any] | None = None,
+    store: JobStore | None = None,
+    confirm_above: float = COST_CONFIRM_THRESHOLD,
+) -> SubmitPlan | Job | TrainingRun:
+    """Send a training job to ``platform`` (``ssh``, ``sagemaker``...).
+
+    ``dry_run`` returns the ``SubmitPlan`` (exact request, redacted, and cost) and sends
+    nothing. A job whose budget (``max_hours`` × price) is above ``confirm_above`` dollars
+    needs ``yes=True``. Submitting the same thing again returns the job already submitted
+    (``new=True`` submits another).
+    """
+    store = store or JobStore()
+    resources = ResourceSpec(
+        instance_type=instance,
+        gpus=gpus or 0,
+        gpu_type=gpu_type,
+        max_runtime_hours=max_hours,
+        spot=spot,
+        region=region,
+        extra=dict(extra or {}),
+    )
+    plan, compiled, dataset, settings, resources = plan_submission(
+        model,
+        data,
+        platform=platform,
+        resources=resources,
+        val=val,
+        target=target,
+        namespace=namespace,
+        new=new,
+        store=store,
+        epochs=epochs,
+        batch_size=batch_size,
+        precision=precision,
+        debug_every=DEFAULT_DEBUG_EVERY if debug else None,
+    )
+    if dry_run:
+        return plan
+    if plan.existing_job is None and plan.cost and plan.cost.total_usd > confirm_above and not yes:
+        raise ConfigurationError(
+            f"this job may cost up to ${plan.cost.total_usd:.2f} ({plan.cost}), above the "
+            f"${confirm_above:.2f} confirmation threshold",
+            hint="add --yes (yes=True) to submit, or lower --max-hours; "
+            "%config NeuralMagics.confirm_cost_above sets the threshold",
+        )
+    get_backend(platform).check_credentials()
+    job = start(
+        compiled,
+        dataset,
+        settings,
+        backend=platform,
+        resources=resources,
+        name=name,
+        idempotency_key=plan.idempotency_key,
+        store=store,
+    )
+    if plan.existing_job:
+        print(
+            f"{compiled.name} was already submitted as job {job.id} "
+            f"({job.refresh().status.value}); showing it (new=True / --new submits again)"
+        )
+    if not wait:
+        if monitor != "none":
+            watch_in_background(job, monitor)
+        return job
+    return watch(job, monitor)
+
+
+def redact_mapping(value: Any) -> Any:
+    """A copy of a request with secret-looking values masked (keys hinting at secrets too)."""
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if any(
+                word in str(key).lower()
+                for word in ("secret", "token", "password", "credential", "authorization")
+            ):
+                out[key] = "****"
+            else:
+                out[key] = redact_mapping(item)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [redact_mapping(item) for item in value]
+    if isinstance(value, str):
+        return redact(value)
+    return value

@@ -17,6 +17,8 @@ ENTRY_POINT_GROUP = "neural_jupyter.backends"
 
 BUILTIN: dict[str, str] = {
     "local": "neural_jupyter.backends.local:LocalBackend",
+    "ssh": "neural_jupyter.backends.ssh:SSHBackend",
+    "sagemaker": "neural_jupyter.backends.sagemaker:SageMakerBackend",
 }
 
 _instances: dict[str, Backend] = {}

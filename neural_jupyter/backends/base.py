@@ -12,8 +12,9 @@ import abc
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
+from neural_jupyter.errors import ConfigurationError
 from neural_jupyter.runtime.bundle import Bundle
 from neural_jupyter.runtime.events import Event, LogLine
 
@@ -29,14 +30,47 @@ PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, UNKNOWN = (
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 
+class InstanceLedger(Protocol):
+    """Where a backend records paid instances it launches (the jobs layer provides it), so
+    ``%neural_jobs --instances`` can list anything still billing, even after a crash."""
+
+    def launched(self, provider: str, instance_id: str, hourly_price: float | None) -> Any: ...
+
+    def addressed(self, handle: Any, address: str) -> None: ...
+
+    def terminated(self, handle: Any) -> None: ...
+
+
+class NullLedger:
+    """A ledger that forgets (for dry runs and tests that do not look)."""
+
+    def launched(self, provider: str, instance_id: str, hourly_price: float | None) -> Any:
+        return instance_id
+
+    def addressed(self, handle: Any, address: str) -> None:
+        return None
+
+    def terminated(self, handle: Any) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class RemoteJob:
-    """What a backend needs to find a job again (also after a kernel restart)."""
+    """What a backend needs to find a job again (also after a kernel restart).
+
+    ``details`` holds what ``submit`` returned plus ``idempotency_key`` (stable across
+    retries and re-runs: derive remote job names from it).
+    """
 
     id: str
     directory: Path  # the job's local directory (bundle, logs, fetched artifacts)
     remote_id: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
+    ledger: Any = field(default_factory=NullLedger, compare=False, repr=False)
+
+    @property
+    def idempotency_key(self) -> str:
+        return str(self.details.get("idempotency_key") or self.id)
 
 
 @dataclass(frozen=True)
@@ -59,7 +93,10 @@ class RemoteStatus:
 
 @dataclass(frozen=True)
 class ResourceSpec:
-    """Where and on what a job runs; each backend reads the fields that apply to it."""
+    """Where and on what a job runs; each backend reads the fields that apply to it.
+
+    ``validated()`` checks every field and names the argument in its error.
+    """
 
     instance_type: str | None = None
     gpus: int = 0
@@ -73,6 +110,86 @@ class ResourceSpec:
     gpu_ids: str | None = None  # local: CUDA_VISIBLE_DEVICES
     timeout_seconds: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def validated(self) -> ResourceSpec:
+        checks: list[tuple[str, Any, float, bool]] = [
+            ("--gpus", self.gpus, 0, True),
+            ("--cpus", self.cpus, 1, True),
+            ("--memory-gb", self.memory_gb, 0.1, False),
+            ("--disk-gb", self.disk_gb, 1, False),
+            ("--max-hours", self.max_runtime_hours, 0.001, False),
+            ("--timeout", self.timeout_seconds, 0.001, False),
+        ]
+        for name, value, low, integral in checks:
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigurationError(f"{name} must be a number, got {value!r}")
+            if integral and not float(value).is_integer():
+                raise ConfigurationError(f"{name} must be a whole number, got {value!r}")
+            if value < low:
+                raise ConfigurationError(f"{name} must be at least {low:g}, got {value!r}")
+        if self.max_runtime_hours is not None and self.max_runtime_hours > 24 * 28:
+            raise ConfigurationError(
+                f"--max-hours {self.max_runtime_hours:g} is more than 28 days; platforms "
+                "cap runs well below that"
+            )
+        for name, value in (
+            ("--instance", self.instance_type),
+            ("--region", self.region),
+            ("--gpu-type", self.gpu_type),
+        ):
+            if value is not None and (
+                not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value)
+            ):
+                raise ConfigurationError(f"{name} must be a name without spaces, got {value!r}")
+        return self
+
+    @property
+    def max_seconds(self) -> float | None:
+        """The run's budget: the smaller of --timeout and --max-hours."""
+        limits = [
+            v
+            for v in (
+                self.timeout_seconds,
+                self.max_runtime_hours * 3600 if self.max_runtime_hours else None,
+            )
+            if v
+        ]
+        return min(limits) if limits else None
+
+    def public(self) -> dict[str, Any]:
+        """A JSON-friendly copy (for the job store and dry runs)."""
+        data = {k: v for k, v in self.__dict__.items() if k != "extra" and v not in (None, {})}
+        data.update({f"extra.{k}": v for k, v in self.extra.items()})
+        return data
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """What a job may cost at most (its budget) and per hour; prices from ``pricing.json``."""
+
+    platform: str
+    instance_type: str
+    hourly_usd: float
+    hours: float
+    spot: bool = False
+    currency: str = "USD"
+    source: str = ""
+    date: str = ""
+    note: str = ""
+
+    @property
+    def total_usd(self) -> float:
+        return self.hourly_usd * self.hours
+
+    def __str__(self) -> str:
+        kind = " (spot)" if self.spot else ""
+        return (
+            f"{self.instance_type}{kind} on {self.platform}: ${self.hourly_usd:.3f}/h × "
+            f"{self.hours:g} h ≤ ${self.total_usd:.2f}"
+            + (f" (prices of {self.date})" if self.date else "")
+        )
 
 
 StreamItem = Event | LogLine | None  # None: a heartbeat while nothing new arrived
@@ -109,9 +226,18 @@ class Backend(abc.ABC):
         """Copy the job's output files under ``destination``; name -> local path."""
         return {}
 
-    def estimate_cost(self, resources: ResourceSpec) -> Any:
-        """A cost estimate for ``resources``, or None where running costs nothing extra."""
-        return None
+    def estimate_cost(self, resources: ResourceSpec) -> CostEstimate | None:
+        """The most ``resources`` may cost (its budget), or None where it costs nothing extra."""
+        from neural_jupyter.pricing import estimate
+
+        if not resources.instance_type:
+            return None
+        hours = resources.max_runtime_hours or 1.0
+        return estimate(self.name, resources.instance_type, hours, spot=resources.spot)
+
+    def plan(self, job: RemoteJob, resources: ResourceSpec) -> dict[str, Any]:
+        """The request ``submit`` would send, for ``--dry-run`` (nothing is sent)."""
+        return {"backend": self.name, "job": job.id, "resources": resources.public()}
 
     def check_credentials(self) -> None:
         """Raise ``PlatformAuthError`` if the platform's credential chain is unusable."""

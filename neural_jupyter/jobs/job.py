@@ -55,8 +55,17 @@ class Job:
         return get_backend(self.record.backend)
 
     def remote(self) -> RemoteJob:
+        details = {
+            **self.record.config.get("remote", {}),
+            "idempotency_key": self.record.idempotency_key,
+            "resources": self.record.config.get("resources", {}),
+        }
         return RemoteJob(
-            self.id, self.directory, self.record.remote_id, self.record.config.get("remote", {})
+            self.id,
+            self.directory,
+            self.record.remote_id,
+            details,
+            StoreLedger(self.store, self.id),
         )
 
     def __repr__(self) -> str:
@@ -217,3 +226,23 @@ def stream_logs(items: Iterator[StreamItem]) -> Iterator[str]:
     for item in items:
         if isinstance(item, LogLine):
             yield item.text
+
+
+class StoreLedger:
+    """Records a backend's paid instances in the job store's ``instances`` table."""
+
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self.store = store
+        self.job_id = job_id
+
+    def launched(self, provider: str, instance_id: str, hourly_price: float | None) -> int:
+        record = self.store.add_instance(
+            self.job_id, provider=provider, instance_id=instance_id, hourly_price=hourly_price
+        )
+        return record.id
+
+    def addressed(self, handle: int, address: str) -> None:
+        self.store.update_instance(handle, address=address, status="running")
+
+    def terminated(self, handle: int) -> None:
+        self.store.terminate_instance(handle)
