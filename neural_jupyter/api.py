@@ -202,13 +202,14 @@ def _show(view: MonitorBase) -> bool:
     return True
 
 
-def watch_in_background(job: Job, monitor: str = "auto") -> MonitorBase | None:
-    """Show a live widget fed from a thread while the kernel stays free (``--no-wait``)."""
+def watch_in_background(job: Job, monitor: str = "auto", show: bool = True) -> MonitorBase | None:
+    """A live widget fed from a thread while the kernel stays free (``--no-wait``)."""
     view = make_monitor(job, monitor)
     if not isinstance(view, WidgetMonitor):
         return None
     view._external_cancel = job.cancel
-    _show(view)
+    if show:
+        _show(view)
 
     def pump() -> None:
         for item in job.follow():

@@ -12,7 +12,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Enum
+from traitlets import Enum, Float
 from traitlets.config import Configurable
 
 BACKEND_CHOICES = ("pytorch", "keras")
@@ -44,6 +44,13 @@ class NeuralMagics(Magics, Configurable):
         config=True,
         help="How %%neural_run and %neural_attach show progress: a widget where a Jupyter "
         "front-end is likely, text otherwise (auto), or always one of them.",
+    )
+
+    confirm_cost_above = Float(
+        5.0,
+        config=True,
+        help="%neural_submit asks for --yes (or a click in the panel) when a job's budget "
+        "(--max-hours × hourly price) is above this many US dollars.",
     )
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
@@ -198,8 +205,110 @@ class NeuralMagics(Magics, Configurable):
         return result
 
     # --- jobs -----------------------------------------------------------------------------------
+    # --- %neural_submit -----------------------------------------------------------------------
+    @magic_arguments()
+    @argument("model", metavar="MODEL", help="A compiled model in the notebook.")
+    @argument("--platform", help="ssh, sagemaker, ...; without it, the submission panel opens.")
+    @argument("--host", help="SSH: a ~/.ssh/config alias or user@host:port.")
+    @argument("--instance", help="Instance type, e.g. ml.g5.xlarge.")
+    @argument("--gpus", type=int, help="Number of GPUs.")
+    @argument("--gpu-type", help="GPU model where the platform lets you choose.")
+    @argument("--max-hours", type=float, help="Budget: the job is stopped after this long.")
+    @argument("--spot", action="store_true", help="Use spot / preemptible capacity.")
+    @argument("--region", help="Platform region.")
+    @argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="A platform option (repeatable), e.g. --set role=arn:aws:iam::1:role/SM.",
+    )
+    @argument("--data", metavar="DATA", help="Training data, as for %%neural_run.")
+    @argument("--val", metavar="DATA", help="Validation data.")
+    @argument("--target", metavar="COLUMN", help="Label column of a DataFrame or CSV file.")
+    @argument("--epochs", type=int, help="Override the model's epochs.")
+    @argument("--batch-size", type=int, help="Override the model's batch size.")
+    @argument("--dry-run", action="store_true", help="Show the request and the cost; send nothing.")
+    @argument("--yes", action="store_true", help="Confirm a job above the cost threshold.")
+    @argument("--new", action="store_true", help="Submit again even if submitted before.")
+    @argument("--no-wait", action="store_true", help="Return the Job at once.")
+    @argument("--monitor", choices=MONITOR_CHOICES, help="Progress display (default: auto).")
+    @argument("--as", dest="as_name", metavar="NAME", help="Also store the result as NAME.")
+    @line_magic
+    def neural_submit(self, line: str) -> Any:
+        """Send a training job to another machine or a cloud platform and watch it live.
+
+        Without --platform, a panel offers platforms, instance types with prices, a cost
+        estimate and a credentials check. Re-running the same submit finds the job it already
+        started instead of paying for a second one.
+        """
+        from neural_jupyter import api
+
+        args = parse_argstring(self.neural_submit, line)
+        model = self._resolve_model(args.model, "", self.default_backend)
+        common = {
+            "val": args.val,
+            "target": args.target,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "namespace": self.shell.user_ns,
+            "confirm_above": self.confirm_cost_above,
+        }
+        if not args.platform:
+            return self._submit_panel(model, args.data, common)
+        extra = dict(_key_value(item) for item in args.settings)
+        if args.host:
+            extra["host"] = args.host
+        result = api.submit(
+            model,
+            args.data,
+            platform=args.platform,
+            instance=args.instance,
+            gpus=args.gpus,
+            gpu_type=args.gpu_type,
+            max_hours=args.max_hours,
+            spot=args.spot,
+            region=args.region,
+            extra=extra,
+            dry_run=args.dry_run,
+            yes=args.yes,
+            new=args.new,
+            wait=not args.no_wait,
+            monitor=args.monitor or self.monitor,
+            **common,
+        )
+        if args.as_name:
+            self._store(args.as_name, result)
+        return result
+
+    def _submit_panel(self, model: Any, data: Any, common: dict[str, Any]) -> None:
+        from neural_jupyter import api
+        from neural_jupyter.ui.monitor import widget_frontend
+        from neural_jupyter.ui.submit_panel import SubmitPanel, text_panel
+
+        if not widget_frontend():
+            print(text_panel(model.name))
+            return None
+
+        def submit(**choices: Any) -> Any:
+            return api.submit(
+                model, data, yes=True, wait=False, monitor="none", **choices, **common
+            )
+
+        def show(job: Any) -> Any:
+            return api.watch_in_background(job, "widget", show=False)
+
+        self._display(SubmitPanel(model.name, submit, show))
+        return None
+
     @magic_arguments()
     @argument("--status", type=str.upper, choices=STATUS_CHOICES, help="Only jobs in this state.")
+    @argument(
+        "--instances",
+        action="store_true",
+        help="List paid cloud instances that are still running (billing), not jobs.",
+    )
     @argument("--backend", help="Only jobs on this backend.")
     @argument("--limit", type=int, default=20, help="At most this many (newest first).")
     @line_magic
@@ -209,6 +318,11 @@ class NeuralMagics(Magics, Configurable):
         from neural_jupyter.ui.tables import JobTable
 
         args = parse_argstring(self.neural_jobs, line)
+        if args.instances:
+            from neural_jupyter.ui.tables import InstanceTable
+
+            self._display(InstanceTable(jobs.JobStore().live_instances()))
+            return
         records = [
             job.record
             for job in jobs.list(status=args.status, backend=args.backend, limit=args.limit)
@@ -270,3 +384,20 @@ class NeuralMagics(Magics, Configurable):
             for warning in warnings:
                 print(f"warning: {warning}")
             print("memory-growth settings applied to this kernel")
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"--set takes KEY=VALUE, got {text!r}")
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+        return key.strip(), lowered == "true"
+    try:
+        return key.strip(), int(value)
+    except ValueError:
+        pass
+    try:
+        return key.strip(), float(value)
+    except ValueError:
+        return key.strip(), value

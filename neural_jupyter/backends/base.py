@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from neural_jupyter.errors import ConfigurationError
+from neural_jupyter.redaction import MASK, register_secret
 from neural_jupyter.runtime.bundle import Bundle
 from neural_jupyter.runtime.events import Event, LogLine
 
@@ -159,10 +160,25 @@ class ResourceSpec:
         return min(limits) if limits else None
 
     def public(self) -> dict[str, Any]:
-        """A JSON-friendly copy (for the job store and dry runs)."""
+        """A JSON-friendly copy for the job store and dry runs: secret options are masked
+        (and registered, so every later redaction masks their values too)."""
         data = {k: v for k, v in self.__dict__.items() if k != "extra" and v not in (None, {})}
-        data.update({f"extra.{k}": v for k, v in self.extra.items()})
+        for key, value in self.extra.items():
+            if is_secret_option(key):
+                register_secret(str(value))
+                value = MASK
+            data[f"extra.{key}"] = value
         return data
+
+
+def is_secret_option(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in SECRET_WORDS) and not lowered.endswith(
+        ("_file", "_path", "_name", "_id")
+    )
+
+
+SECRET_WORDS = ("password", "passphrase", "secret", "token", "api_key", "apikey", "credential")
 
 
 @dataclass(frozen=True)

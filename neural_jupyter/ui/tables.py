@@ -73,3 +73,48 @@ class JobTable:
             for r in self.records
         )
         return f"<table class='neural-jobs'><thead><tr>{head}</tr></thead>{body}</table>"
+
+
+class InstanceTable:
+    """Paid instances still recorded as running (``%neural_jobs --instances``)."""
+
+    columns = ("job", "provider", "instance", "address", "status", "since", "$/h")
+
+    def __init__(self, records: Sequence[Any]) -> None:
+        self.records = list(records)
+
+    def rows(self) -> list[tuple[str, ...]]:
+        return [
+            (
+                r.job_id,
+                r.provider,
+                r.instance_id,
+                r.address or "–",
+                r.status,
+                r.created_at[:19].replace("T", " "),
+                f"{r.hourly_price:.3f}" if r.hourly_price is not None else "?",
+            )
+            for r in self.records
+        ]
+
+    def __str__(self) -> str:
+        if not self.records:
+            return "no instances are running"
+        rows = [self.columns, *self.rows()]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(self.columns))]
+        return "\n".join(
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+        )
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        if not self.records:
+            return "<i>no instances are running</i>"
+        head = "".join(f"<th>{c}</th>" for c in self.columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+            for row in self.rows()
+        )
+        return f"<table class='neural-instances'><tr>{head}</tr>{body}</table>"

@@ -1,0 +1,201 @@
+"""The submission panel: pick a platform and instance, see the price, check credentials,
+submit — then the panel turns into the live JobMonitor. A text fallback lists the same
+choices with the command to run.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from neural_jupyter.backends import available
+from neural_jupyter.errors import NeuralError
+from neural_jupyter.pricing import instance_types
+
+# backend name -> (module that must be importable, pip extra)
+SDKS: dict[str, tuple[str | None, str | None]] = {
+    "local": (None, None),
+    "ssh": ("paramiko", "ssh"),
+    "sagemaker": ("boto3", "sagemaker"),
+    "vertex": ("google.cloud.aiplatform", "vertex"),
+    "azureml": ("azure.ai.ml", "azureml"),
+    "databricks": ("databricks.sdk", "databricks"),
+    "kaggle": ("kaggle", "kaggle"),
+    "kubernetes": ("kubernetes", "kubernetes"),
+}
+
+
+@dataclass(frozen=True)
+class PlatformChoice:
+    name: str
+    installed: bool
+    install_hint: str | None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.installed else f"{self.name} (needs: {self.install_hint})"
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def platform_choices() -> list[PlatformChoice]:
+    """Remote platforms, available ones first; missing extras named with their pip command."""
+    choices = []
+    for name in available():
+        if name == "local":
+            continue
+        module, extra = SDKS.get(name, (None, None))
+        installed = module is None or _importable(module)
+        hint = None if installed else f'pip install "neural-jupyter[{extra}]"'
+        choices.append(PlatformChoice(name, installed, hint))
+    return sorted(choices, key=lambda c: (not c.installed, c.name))
+
+
+def text_panel(model_name: str) -> str:
+    """What the panel offers, as text (terminals, nbconvert)."""
+    lines = [f"Submit {model_name}: choose a platform with --platform NAME", ""]
+    for choice in platform_choices():
+        lines.append(f"  {choice.label}")
+        for offer in instance_types(choice.name)[:6]:
+            gpu = f"{offer.gpus}×{offer.gpu_type}" if offer.gpus else "CPU"
+            lines.append(f"      {offer.instance_type:<32} {gpu:<9} ${offer.hourly_usd:.3f}/h")
+    lines += [
+        "",
+        f"e.g. %neural_submit {model_name} --platform sagemaker --instance "
+        "ml.g5.xlarge --max-hours 2 --dry-run",
+    ]
+    return "\n".join(lines)
+
+
+class SubmitPanel:
+    """The widget. ``submit`` is called with keyword arguments for ``api.submit`` and returns
+    the started job; the panel then shows its monitor."""
+
+    def __init__(
+        self, model_name: str, submit: Callable[..., Any], show_monitor: Callable[[Any], Any]
+    ) -> None:
+        import ipywidgets as w
+
+        self.model_name = model_name
+        self._submit = submit
+        self._show_monitor = show_monitor
+        self.job = None
+        choices = platform_choices()
+        self.platform = w.Dropdown(
+            options=[(c.label, c.name) for c in choices], description="platform"
+        )
+        self.instance = w.Dropdown(description="instance")
+        self.host = w.Text(description="host", placeholder="ssh alias or user@host:port")
+        self.gpus = w.BoundedIntText(value=1, min=0, max=16, description="GPUs")
+        self.max_hours = w.BoundedFloatText(
+            value=1.0, min=0.05, max=72, step=0.5, description="max hours"
+        )
+        self.spot = w.Checkbox(value=False, description="spot / preemptible")
+        self.cost = w.HTML()
+        self.message = w.HTML()
+        self.check_button = w.Button(description="Check credentials", icon="key")
+        self.submit_button = w.Button(
+            description="Submit", button_style="primary", icon="cloud-upload"
+        )
+        self.check_button.on_click(self.check_credentials)
+        self.submit_button.on_click(self.on_submit)
+        for control in (self.platform, self.instance, self.max_hours, self.spot, self.gpus):
+            control.observe(self.refresh, names="value")
+        self.form = w.VBox(
+            [
+                w.HTML(f"<b>Submit {html.escape(model_name)}</b>"),
+                self.platform,
+                self.instance,
+                self.host,
+                self.gpus,
+                self.max_hours,
+                self.spot,
+                self.cost,
+                w.HBox([self.check_button, self.submit_button]),
+                self.message,
+            ]
+        )
+        self.widget = w.VBox([self.form])
+        self.widget.add_class("neural-submit-panel")
+        self.refresh()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    def refresh(self, _change: Any = None) -> None:
+        platform = self.platform.value
+        offers = instance_types(platform) if platform else []
+        options = [
+            (
+                f"{o.instance_type} — {o.gpus}×{o.gpu_type or 'CPU'} — "
+                f"${o.price(self.spot.value):.3f}/h",
+                o.instance_type,
+            )
+            for o in offers
+        ]
+        if [value for _, value in options] != [value for _, value in self.instance.options]:
+            current = self.instance.value
+            self.instance.options = options
+            if current in [value for _, value in options]:
+                self.instance.value = current
+        self.host.layout.display = "" if platform == "ssh" else "none"
+        self.cost.value = self._cost_text()
+
+    def _cost_text(self) -> str:
+        from neural_jupyter.pricing import estimate
+
+        if not self.instance.value:
+            return "<i>no platform charge known for this choice</i>"
+        try:
+            cost = estimate(
+                self.platform.value, self.instance.value, self.max_hours.value, spot=self.spot.value
+            )
+        except NeuralError as exc:
+            return html.escape(str(exc))
+        note = f" — {html.escape(cost.note)}" if cost.note else ""
+        return (
+            f"estimated at most <b>${cost.total_usd:.2f}</b> "
+            f"(${cost.hourly_usd:.3f}/h × {cost.hours:g} h, prices of {cost.date}){note}"
+        )
+
+    def arguments(self) -> dict[str, Any]:
+        extra = {"host": self.host.value} if self.platform.value == "ssh" else {}
+        return {
+            "platform": self.platform.value,
+            "instance": self.instance.value or None,
+            "gpus": self.gpus.value,
+            "max_hours": self.max_hours.value,
+            "spot": self.spot.value,
+            "extra": extra,
+        }
+
+    def check_credentials(self, _button: Any = None) -> None:
+        from neural_jupyter.backends import get_backend
+
+        try:
+            get_backend(self.platform.value).check_credentials()
+        except NeuralError as exc:
+            self.message.value = f"<span style='color:#d62728'>{html.escape(str(exc))}</span>"
+        else:
+            self.message.value = "<span style='color:#2ca02c'>credentials look usable</span>"
+
+    def on_submit(self, _button: Any = None) -> None:
+        self.submit_button.disabled = True
+        try:
+            self.job = self._submit(**self.arguments())
+        except NeuralError as exc:
+            self.message.value = f"<span style='color:#d62728'>{html.escape(str(exc))}</span>"
+            self.submit_button.disabled = False
+            return
+        monitor = self._show_monitor(self.job)
+        self.widget.children = [monitor.widget] if monitor is not None else []
