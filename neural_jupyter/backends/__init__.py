@@ -19,6 +19,11 @@ BUILTIN: dict[str, str] = {
     "local": "neural_jupyter.backends.local:LocalBackend",
     "ssh": "neural_jupyter.backends.ssh:SSHBackend",
     "sagemaker": "neural_jupyter.backends.sagemaker:SageMakerBackend",
+    "vertex": "neural_jupyter.backends.vertex:VertexBackend",
+    "azureml": "neural_jupyter.backends.azureml:AzureMLBackend",
+    "databricks": "neural_jupyter.backends.databricks:DatabricksBackend",
+    "kaggle": "neural_jupyter.backends.kaggle:KaggleBackend",
+    "kubernetes": "neural_jupyter.backends.kubernetes:KubernetesBackend",
 }
 
 _instances: dict[str, Backend] = {}
