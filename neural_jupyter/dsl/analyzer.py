@@ -16,6 +16,7 @@ from typing import Any
 from neural_jupyter.dsl import ir
 from neural_jupyter.dsl.layers import BACKENDS, LAYERS, RECURRENT, InnerLayer, Shape, ShapeError
 from neural_jupyter.dsl.params import Param, ParamError, Signature, bind, describe_value, frozen
+from neural_jupyter.dsl.parser import display_source
 from neural_jupyter.dsl.spec import (
     EarlyStoppingSpec,
     HyperParameter,
@@ -52,7 +53,7 @@ def analyze(
             "no network is defined",
             line=1,
             column=1,
-            source=program.source,
+            source=display_source(program.source),
             source_name=program.source_name,
             hint="write 'network Name { input: ... layers: ... loss: ... }'",
         )
@@ -72,9 +73,27 @@ def analyze(
     return _Analyzer(program, node, dict(hparams or {})).run()
 
 
+# module-level names of the generated code (imports, helper classes, functions); a network
+# (which becomes a class) must not take one of them
 RESERVED_NAMES = frozenset(
-    {"torch", "nn", "F", "np", "keras", "layers", "ops", "build_model", "Model", "main", "self"}
+    {
+        "torch",
+        "nn",
+        "F",
+        "np",
+        "keras",
+        "layers",
+        "ops",
+        "build_model",
+        "Model",
+        "main",
+        "self",
+        "KerasSameAvgPool",
+        "TransformerEncoder",
+    }
 )
+MAX_LAYERS = 10_000  # after macros and repetitions are expanded
+MAX_MACRO_DEPTH = 32
 
 
 def is_safe_identifier(name: str) -> bool:
@@ -109,6 +128,7 @@ class _Analyzer:
         self.hyperparameters: dict[str, HyperParameter] = {}
         self.by_name: dict[str, str] = {}
         self.counters: dict[str, int] = {}
+        self.expanded = 0  # layers produced by expand() so far
 
     # --- helpers ---------------------------------------------------------------------------
     def error(self, message: str, span: ir.Span | None, hint: str | None = None):
@@ -118,7 +138,7 @@ class _Analyzer:
             line=span.line,
             column=span.column,
             end_column=span.end_column if span.end_line == span.line else None,
-            source=self.program.source,
+            source=display_source(self.program.source),
             source_name=self.program.source_name,
             hint=hint,
         )
@@ -158,9 +178,9 @@ class _Analyzer:
         if name in self.overrides:
             value = self.overrides.pop(name)
             self._check_override(name, node, param, value, rank)
-        self.hyperparameters[node.key] = HyperParameter(
-            name, node, param.coerce(value, rank), param.kind
-        )
+        param.coerce(value, rank)
+        # the value as written (3, not (3, 3) for a kernel size): what an override takes
+        self.hyperparameters[node.key] = HyperParameter(name, node, value, param.kind)
         self.by_name[name] = node.key
         return value
 
@@ -191,7 +211,7 @@ class _Analyzer:
                 f"'{node.name}' cannot be a network name (it is a Python keyword or a name "
                 "the generated code uses)",
                 node.span,
-                hint="pick another name, e.g. " + node.name.capitalize() + "Net",
+                hint=f"pick another name, e.g. {node.name[:1].upper()}{node.name[1:]}Net",
             )
         input_shape = self.input_shape()
         if node.layers is None:
@@ -277,8 +297,13 @@ class _Analyzer:
                     )
                 if node.kind in stack:
                     raise self.error(f"macro '{node.kind}' uses itself", node.span)
+                if len(stack) >= MAX_MACRO_DEPTH:
+                    raise self.error(
+                        f"macros are nested more than {MAX_MACRO_DEPTH} levels deep", node.span
+                    )
                 body = self.expand(self.macros[node.kind].body, (*stack, node.kind))
                 body = [dataclasses.replace(n, macro=n.macro or node.kind) for n in body]
+                self.count_expanded(node, _size(body) * (node.repeat - 1))
                 out.extend(body * node.repeat)
                 continue
             if node.body is not None:
@@ -290,8 +315,18 @@ class _Analyzer:
                         hint="the only block is 'Residual { ... }'; other layers take parentheses",
                     )
                 node = dataclasses.replace(node, body=tuple(self.expand(node.body, stack)))
+            self.count_expanded(node, _size([node]) * node.repeat - _size(node.body or ()))
             out.extend([dataclasses.replace(node, repeat=1)] * node.repeat)
         return out
+
+    def count_expanded(self, node: ir.LayerNode, added: int) -> None:
+        self.expanded += added
+        if self.expanded > MAX_LAYERS:
+            raise self.error(
+                f"the network expands to more than {MAX_LAYERS:,} layers",
+                node.span,
+                hint="check the repetition counts ('* n') and the macros used here",
+            )
 
     def chain(self, nodes: list[ir.LayerNode], shape: Shape, top: bool) -> list[LayerSpec]:
         specs = []
@@ -499,6 +534,13 @@ class _Analyzer:
                     inner.name,
                 )
                 del args[index]
+                for other in args:
+                    if other.name == "learning_rate":
+                        raise self.error(
+                            "the learning rate is given twice: as a schedule and as a number",
+                            other.span,
+                            hint="the schedule's initial_learning_rate is the starting rate",
+                        )
                 return tuple(args), ScheduleSpec(inner.name, frozen(params))
         return tuple(args), None
 
@@ -573,6 +615,11 @@ class _Analyzer:
         for name, param in TRAIN_SETTINGS.items():
             values.setdefault(name, param.default)
         return TrainSpec(**values, early_stopping=early)
+
+
+def _size(nodes) -> int:
+    """Layers in ``nodes``, counting the bodies of blocks."""
+    return sum(1 + _size(node.body or ()) for node in nodes)
 
 
 def _arg_span(node: ir.LayerNode, layer_type: Any, param: str) -> ir.Span:

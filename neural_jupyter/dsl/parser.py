@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
+import warnings
 from importlib import resources
 from typing import Any
 
@@ -34,6 +36,7 @@ def parse(source: str, source_name: str = "<cell>") -> ir.Program:
     Raises ``DSLSyntaxError`` (grammar) or ``DSLValidationError`` (duplicate sections,
     malformed HPO expressions) carrying line, column and a caret snippet.
     """
+    _check_nesting(source, source_name)
     try:
         tree = _parser().parse(source)
     except UnexpectedInput as exc:
@@ -45,6 +48,35 @@ def parse(source: str, source_name: str = "<cell>") -> ir.Program:
             raise exc.orig_exc from None
         raise
     return ir.Program(tuple(networks), tuple(macros), source, source_name)
+
+
+MAX_NESTING = 64  # brackets and blocks inside each other; deeper input is surely a mistake
+
+
+def display_source(source: str) -> str:
+    """``source`` as error snippets show it: only '\\n' ends a line, as it does for the parser.
+
+    Other characters that ``str.splitlines`` treats as line breaks (form feed, '\\r', '\\x85',
+    '\\u2028'...) become spaces, so the line shown is the line the error is on.
+    """
+    return _LINE_BREAKS.sub(" ", source.replace("\r\n", "\n"))
+
+
+_LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def _check_nesting(source: str, source_name: str) -> None:
+    depth = 0
+    for _, char, line, column in _brackets(source, "([{", ")]}"):
+        depth = depth + 1 if char in "([{" else max(depth - 1, 0)
+        if depth > MAX_NESTING:
+            raise DSLSyntaxError(
+                f"brackets and blocks are nested more than {MAX_NESTING} levels deep",
+                line=line,
+                column=column,
+                source=display_source(source),
+                source_name=source_name,
+            )
 
 
 def _span(meta: Any) -> ir.Span:
@@ -68,7 +100,7 @@ class _ToIR(Transformer):
             line=span.line,
             column=span.column,
             end_column=span.end_column if span.end_line == span.line else None,
-            source=self.source,
+            source=display_source(self.source),
             source_name=self.source_name,
             hint=hint,
         )
@@ -78,10 +110,22 @@ class _ToIR(Transformer):
         text = str(children[0])
         if any(c in text for c in ".eE"):
             return float(text)
-        return int(text)
+        try:
+            return int(text)
+        except ValueError:  # more digits than Python converts
+            raise self._error("this number is too long", _span(meta)) from None
 
     def string(self, meta, children):
-        return ast.literal_eval(str(children[0]))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # an unknown escape like "\\d" stays as written
+                return ast.literal_eval(str(children[0]))
+        except (SyntaxError, ValueError):
+            raise self._error(
+                "this string has a broken escape sequence (such as \\N, \\u or \\x)",
+                _span(meta),
+                hint="write \\\\ for a backslash",
+            ) from None
 
     def true(self, meta, children):
         return True
@@ -113,6 +157,12 @@ class _ToIR(Transformer):
         span = _span(meta)
         seen: set[str] = set()
         for arg in args:
+            if arg.name is None and seen:
+                raise self._error(
+                    "a positional argument cannot follow a keyword argument",
+                    arg.span,
+                    hint="put positional arguments first, or name this one too",
+                )
             if arg.name is not None:
                 if arg.name in seen:
                     raise self._error(f"argument '{arg.name}' is given twice", arg.span)
@@ -226,6 +276,12 @@ class _ToIR(Transformer):
         return ir.Setting(str(key), value, _span(meta))
 
     def train_call(self, meta, children):
+        if isinstance(children[0], ir.HPO):
+            raise self._error(
+                "a train entry cannot be a hyper-parameter expression",
+                children[0].span,
+                hint="write 'name: HPO(...)', e.g. 'epochs: HPO(choice(5, 10))'",
+            )
         return children[0]
 
     def train_section(self, meta, children):
@@ -296,7 +352,12 @@ def _syntax_error(exc: UnexpectedInput, source: str, source_name: str) -> DSLSyn
     if brace is not None:
         message, line, column, hint = brace
         return DSLSyntaxError(
-            message, line=line, column=column, source=source, source_name=source_name, hint=hint
+            message,
+            line=line,
+            column=column,
+            source=display_source(source),
+            source_name=source_name,
+            hint=hint,
         )
     line, column = getattr(exc, "line", None), getattr(exc, "column", None)
     if line in (None, -1):
@@ -322,7 +383,7 @@ def _syntax_error(exc: UnexpectedInput, source: str, source_name: str) -> DSLSyn
         line=line,
         column=column,
         end_column=(column + width) if column else None,
-        source=source,
+        source=display_source(source),
         source_name=source_name,
         hint=hint,
     )
@@ -401,8 +462,11 @@ def _end_position(source: str) -> tuple[int, int]:
 _TOP_LEVEL = {"DEFINE", "NETWORK"}
 
 
-def _braces(source: str) -> list[tuple[int, str, int, int]]:
-    """Every '{' and '}' outside strings and comments: (offset, char, line, column)."""
+def _brackets(
+    source: str, opening: str = "{", closing: str = "}"
+) -> list[tuple[int, str, int, int]]:
+    """Brackets outside strings and comments: (offset, char, line, column)."""
+    wanted = opening + closing
     found: list[tuple[int, str, int, int]] = []
     line, line_start = 1, 0
     quote: str | None = None
@@ -424,7 +488,7 @@ def _braces(source: str) -> list[tuple[int, str, int, int]]:
                 break
             i = end
             continue
-        elif ch in "{}":
+        elif ch in wanted:
             found.append((i, ch, line, i - line_start + 1))
         i += 1
     return found
@@ -438,7 +502,7 @@ def _brace_problem(exc: UnexpectedInput, source: str) -> tuple[str, int, int, st
     """
     if isinstance(exc, UnexpectedCharacters):
         return None
-    braces = _braces(source)
+    braces = _brackets(source)
     opened = sum(1 for _, ch, _, _ in braces if ch == "{")
     closed = len(braces) - opened
     if opened == closed:
