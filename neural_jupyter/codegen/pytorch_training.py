@@ -95,6 +95,14 @@ def _hooks(spec: NetworkSpec) -> str:
     w.line(f"OUTPUT_ACTIVATION = {literal(fused)}")
     w.line(f"METRICS = {literal(tuple(spec.metrics))}")
     w.line(f"INPUT_DTYPE = {literal(spec.input_dtype)}")
+    activations = {
+        layer.name: layer.values.get("activation")
+        for layer in spec.all_layers()
+        if isinstance(layer.values.get("activation"), str)
+    }
+    w.statement(
+        "LAYER_ACTIVATIONS = ", "dict", [f"{k}={literal(v)}" for k, v in activations.items()]
+    )
     w.blank(2)
     w.line("def make_loss() -> nn.Module:")
     with w.indent():

@@ -236,16 +236,26 @@ def run_epoch(
         xb = x[index].to(device, non_blocking=True)
         yb = y[index].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
+        debugger = state["debugger"]
+        if debugger is not None:
+            debugger.start_step(state["global_step"] + 1)
         with autocast():
             output = model(xb)
             loss = loss_fn(output, loss_target(yb, output))
         if scaler is not None:
             scaler.scale(loss).backward()
+            if debugger is not None:
+                scaler.unscale_(optimizer)
+                debugger.before_update(loss, xb)
             scaler.step(optimizer)
             scaler.update()
         else:
             loss.backward()
+            if debugger is not None:
+                debugger.before_update(loss, xb)
             optimizer.step()
+        if debugger is not None:
+            debugger.after_update(state)
         if scheduler is not None and scheduler[1] == "batch":
             scheduler[0].step()
         with torch.no_grad():
@@ -263,7 +273,6 @@ def run_epoch(
                 batches=steps,
                 loss=round(loss.item(), 6),
             )
-        debug_hook(model, state, loss)
     metrics = {"loss": (total_loss / count).item()}
     metrics.update({key: (value / count).item() for key, value in totals.items()})
     return metrics
@@ -290,8 +299,176 @@ def evaluate(model, loss_fn, x, y, batch_size, device, autocast) -> dict:
     return metrics
 
 
-def debug_hook(model, state, loss) -> None:
-    """Replaced in debug bundles; a no-op otherwise."""
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
+    except (ImportError, OSError):
+        return 0
+
+
+class Debugger:
+    """Debug mode: every N steps a ``layer_stats`` event with, per layer, the activation
+    mean/std and dead-ReLU fraction, the gradient norm and the weight-update ratio; plus
+    step time, peak memory, and the first layer and step where NaN/Inf appeared."""
+
+    def __init__(self, model: nn.Module, every: int, device: torch.device) -> None:
+        self.model = model
+        self.every = every
+        self.device = device
+        self.layers = dict(model.named_children())
+        self.activations: dict = {}
+        self.handles: list = []
+        self.before: dict = {}
+        self.step = 0
+        self.due = False
+        self.last_time = time.monotonic()
+        self.last_step = 0
+        self.nan_reported = False
+
+    def _hook(self, name: str):
+        def record(module, inputs, output) -> None:
+            out = output[0] if isinstance(output, tuple) else output
+            values = out.detach().float()
+            finite = bool(torch.isfinite(values).all())
+            stats = {"finite": finite}
+            if finite and values.numel():
+                stats["mean"] = values.mean().item()
+                stats["std"] = values.std().item() if values.numel() > 1 else 0.0
+                if LAYER_ACTIVATIONS.get(name) == "relu":
+                    stats["dead_fraction"] = (values <= 0).float().mean().item()
+            self.activations[name] = stats
+
+        return record
+
+    def _attach(self) -> None:
+        self.activations = {}
+        self.handles = [
+            module.register_forward_hook(self._hook(name))
+            for name, module in self.layers.items()
+        ]
+
+    def _detach(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def start_step(self, step: int) -> None:
+        self.step = step
+        self.due = step % self.every == 0
+        if self.due:
+            self._attach()
+
+    def before_update(self, loss: torch.Tensor, xb: torch.Tensor) -> None:
+        if self.due:
+            self._detach()
+            self.before = {
+                name: [p.detach().clone() for p in module.parameters()]
+                for name, module in self.layers.items()
+            }
+        if not self.nan_reported and not bool(torch.isfinite(loss.detach())):
+            self._report_non_finite(xb)
+
+    def _report_non_finite(self, xb: torch.Tensor) -> None:
+        """Find the first layer whose output is not finite by re-running the batch."""
+        self.nan_reported = True
+        self._attach()
+        with torch.no_grad():
+            self.model(xb)
+        self._detach()
+        first = next(
+            (
+                n
+                for n in self.layers
+                if not self.activations.get(n, {}).get("finite", 1)
+            ),
+            None,
+        )
+        if first is None:
+            first = next(
+                (
+                    name
+                    for name, module in self.layers.items()
+                    for p in module.parameters()
+                    if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+                ),
+                "the loss",
+            )
+        emit(
+            "layer_stats",
+            step=self.step,
+            epoch=None,
+            layers=[],
+            anomalies=[
+                {
+                    "kind": "non_finite",
+                    "layer": first,
+                    "step": self.step,
+                    "message": f"NaN/Inf first appeared in {first} at step {self.step}",
+                }
+            ],
+        )
+
+    def after_update(self, state: dict) -> None:
+        if not self.due:
+            return
+        layers = []
+        anomalies = []
+        for name, module in self.layers.items():
+            params = list(module.parameters())
+            entry = {"name": name, **self.activations.get(name, {})}
+            if params:
+                grads = [p.grad for p in params if p.grad is not None]
+                if grads:
+                    entry["grad_norm"] = torch.sqrt(
+                        sum(g.detach().float().pow(2).sum() for g in grads)
+                    ).item()
+                old = self.before.get(name, [])
+                if old:
+                    delta = sum(
+                        (p.detach() - o).float().pow(2).sum()
+                        for p, o in zip(params, old)
+                    )
+                    size = sum(o.float().pow(2).sum() for o in old)
+                    entry["update_ratio"] = (
+                        torch.sqrt(delta) / (torch.sqrt(size) + 1e-12)
+                    ).item()
+            if entry.get("dead_fraction", 0) > 0.9:
+                anomalies.append(
+                    {
+                        "kind": "dead_relu",
+                        "layer": name,
+                        "message": f"{entry['dead_fraction']:.0%} of {name}'s "
+                        "ReLU units are inactive",
+                    }
+                )
+            if entry.get("grad_norm") is not None and entry["grad_norm"] < 1e-7:
+                anomalies.append(
+                    {
+                        "kind": "vanishing_gradient",
+                        "layer": name,
+                        "message": f"{name}'s gradient norm is "
+                        f"{entry['grad_norm']:.1e}",
+                    }
+                )
+            layers.append(entry)
+        now = time.monotonic()
+        steps = max(self.step - self.last_step, 1)
+        emit(
+            "layer_stats",
+            step=self.step,
+            epoch=state["epoch"],
+            layers=layers,
+            anomalies=anomalies,
+            step_time=round((now - self.last_time) / steps, 6),
+            peak_memory_bytes=peak_memory_bytes(self.device),
+        )
+        self.last_time, self.last_step = now, self.step
+        self.before = {}
 
 
 def make_autocast(precision: str, device: torch.device):
@@ -334,7 +511,11 @@ def train(bundle: Path, job: dict, resume: bool) -> dict:
         "global_step": 0,
         "epoch": 0,
         "deadline": started + max_seconds if max_seconds else None,
-        "debug_every": job.get("debug_every"),
+        "debugger": (
+            Debugger(model, int(job["debug_every"]), device)
+            if job.get("debug_every")
+            else None
+        ),
     }
     if resume and checkpoint_path.exists():
         checkpoint = torch.load(
