@@ -412,8 +412,6 @@ def _describe_token(token: Token | None) -> str:
 def _describe_terminal(name: str) -> str:
     if name in _TERMINAL_WORDS:
         return _TERMINAL_WORDS[name]
-    if name == "_SEP":
-        return "','"
     try:
         pattern = _parser().get_terminal(name).pattern
         return f"'{pattern.value}'"
