@@ -143,6 +143,17 @@ class CompiledModel:
         module = load_generated_module(self.code, f"neural_generated_{self.name}")
         return module.build_model()
 
+    def plot(self) -> Any:
+        """The network as an SVG block diagram (shapes and parameter counts)."""
+        from neural_jupyter.runtime.bundle import spec_summary
+        from neural_jupyter.ui.chart import Chart
+        from neural_jupyter.ui.graph import graph_svg
+
+        return Chart(
+            graph_svg(spec_summary(self.spec, self.backend)),
+            f"{self.name}: {len(self.spec.layers)} layers",
+        )
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the generated code (``.py``) or the model source (``.neural``)."""
         target = Path(path)

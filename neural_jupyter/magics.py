@@ -363,6 +363,50 @@ class NeuralMagics(Magics, Configurable):
         for text in jobs.get(args.job_id).logs(tail=args.tail):
             print(text)
 
+    # --- dashboard ------------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("job_id", nargs="?", metavar="JOB", help="Job to show first (default: newest).")
+    @argument(
+        "--tunnel",
+        choices=("auto", "none", "colab", "ngrok", "proxy"),
+        default="auto",
+        help="How to reach it: auto = Colab's proxy on Colab, jupyter-server-proxy on a hub, "
+        "else inline; ngrok only when asked (needs NGROK_AUTHTOKEN; always password-protected).",
+    )
+    @argument("--port", type=int, default=0, help="Local port (default: a free one).")
+    @argument("--stop", action="store_true", help="Stop the dashboard and close its tunnel.")
+    @argument(
+        "--keep-tunnel", action="store_true", help="Keep an ngrok tunnel open after the job ends."
+    )
+    @line_magic
+    def neural_dashboard(self, line: str) -> Any:
+        """A live debug dashboard (curves, gradient flow, activations, anomalies, model graph).
+
+        Listens on 127.0.0.1 with a random token; run %%neural_run --debug for layer stats.
+        """
+        from neural_jupyter.ui.dashboard import control
+
+        args = parse_argstring(self.neural_dashboard, line)
+        if args.stop:
+            print("dashboard stopped" if control.stop() else "no dashboard was running")
+            return None
+        job_id = None
+        if args.job_id:
+            from neural_jupyter import jobs
+
+            job_id = jobs.get(args.job_id).id
+        board = control.start(
+            job_id, args.tunnel, args.port, close_tunnel_at_job_end=not args.keep_tunnel
+        )
+        if board.tunnel.kind == "ngrok":
+            print(
+                f"dashboard: {board.url}\nuser: {board.tunnel.username}  password: "
+                f"{board.tunnel.password}  (shown once; the tunnel closes with --stop, at "
+                "job end or when the kernel exits)"
+            )
+        self._display(board)
+        return None
+
     # --- environment ----------------------------------------------------------------------------
     @magic_arguments()
     @argument(

@@ -1,0 +1,272 @@
+"""The dashboard's HTTP server (tornado, on its own thread and event loop).
+
+Security: it listens on 127.0.0.1 only; every request must carry the random token (query
+``token=``, ``Authorization: Bearer``, or the cookie set after a first good request), compared
+in constant time; anything else is 403. It serves three fixed files and a JSON/SSE API keyed by
+job ids that must exist in the job store: no directory listing, no path from the request ever
+reaches the file system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import re
+import secrets
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from neural_jupyter.errors import ConfigurationError, MissingDependencyError
+from neural_jupyter.runtime.tail import LineTail
+
+JOB_ID = r"nj-[0-9a-f]{4,32}"
+COOKIE = "neural_dashboard_token"
+POLL_SECONDS = 0.2
+PING_SECONDS = 15.0
+
+
+def plotly_js_path() -> Path:
+    """plotly.js as shipped inside the installed ``plotly`` package (never a CDN)."""
+    try:
+        import plotly
+    except ImportError:
+        raise MissingDependencyError("plotly", "dashboard", "The debug dashboard") from None
+    path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    if not path.exists():  # pragma: no cover - depends on plotly's packaging
+        raise ConfigurationError(f"the installed plotly has no bundled plotly.js at {path}")
+    return path
+
+
+def _static(name: str) -> bytes:
+    return resources.files("neural_jupyter.ui.dashboard").joinpath(f"static/{name}").read_bytes()
+
+
+class DashboardServer:
+    """One server per kernel; ``start()`` returns once it listens."""
+
+    def __init__(self, job_id: str | None = None, port: int = 0, store: Any = None) -> None:
+        self.job_id = job_id
+        self.requested_port = port
+        self.store = store
+        self.token = secrets.token_urlsafe(32)
+        self.port: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: Any = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def start(self) -> DashboardServer:
+        try:
+            import tornado  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError("tornado", "dashboard", "The debug dashboard") from None
+        plotly_js_path()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+            try:
+                self._server = _make_app(self).listen(self.requested_port, address="127.0.0.1")
+                sockets = list(self._server._sockets.values())
+                self.port = sockets[0].getsockname()[1]
+            except BaseException as exc:  # reported to the caller below
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="neural-dashboard", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if failure:
+            raise ConfigurationError(
+                f"the dashboard could not listen on port {self.requested_port}: {failure[0]}"
+            )
+        return self
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+
+        def shutdown() -> None:
+            if self._server is not None:
+                self._server.stop()
+            loop.stop()
+
+        loop.call_soon_threadsafe(shutdown)
+        if self._thread is not None:
+            self._thread.join(5)
+        self._loop = None
+
+    @property
+    def running(self) -> bool:
+        return self._loop is not None
+
+    def path(self) -> str:
+        """The page's path with the token (for proxies that add their own prefix)."""
+        job = f"&job={self.job_id}" if self.job_id else ""
+        return f"/?token={self.token}{job}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.path()}"
+
+    def check_token(self, candidate: str | None) -> bool:
+        return bool(candidate) and hmac.compare_digest(candidate.encode(), self.token.encode())
+
+    def job_store(self):
+        from neural_jupyter.jobs.store import JobStore
+
+        return self.store or JobStore()
+
+
+def _make_app(dashboard: DashboardServer):
+    import tornado.iostream
+    import tornado.web
+
+    class Protected(tornado.web.RequestHandler):
+        def prepare(self) -> None:
+            header = self.request.headers.get("Authorization", "")
+            candidates = [
+                self.get_query_argument("token", None),
+                header[7:] if header.startswith("Bearer ") else None,
+                self.get_cookie(COOKIE),
+            ]
+            if not any(dashboard.check_token(c) for c in candidates):
+                raise tornado.web.HTTPError(403)
+            if self.get_cookie(COOKIE) != dashboard.token:
+                self.set_cookie(COOKIE, dashboard.token, httponly=True, samesite="Strict")
+
+        def set_default_headers(self) -> None:
+            self.set_header("X-Content-Type-Options", "nosniff")
+            self.set_header("Referrer-Policy", "no-referrer")
+            self.set_header("Cache-Control", "no-store")
+
+        def write_error(self, status_code: int, **kwargs: Any) -> None:
+            self.finish(f"{status_code}")
+
+        def job(self, job_id: str):
+            from neural_jupyter.jobs.store import JobStoreError
+
+            try:
+                return dashboard.job_store().get(job_id)
+            except JobStoreError:
+                raise tornado.web.HTTPError(404) from None
+
+    class Page(Protected):
+        def get(self) -> None:
+            self.set_header("Content-Type", "text/html; charset=utf-8")
+            self.set_header(
+                "Content-Security-Policy",
+                "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                "img-src 'self' data:; connect-src 'self'",
+            )
+            self.write(_static("index.html"))
+
+    class Script(Protected):
+        def get(self, name: str) -> None:
+            self.set_header("Content-Type", "application/javascript; charset=utf-8")
+            if name == "plotly.min.js":
+                self.write(plotly_js_path().read_bytes())
+            else:
+                self.write(_static("dashboard.js"))
+
+    class Jobs(Protected):
+        def get(self) -> None:
+            records = dashboard.job_store().list(limit=50)
+            self.write(
+                {
+                    "default": dashboard.job_id or (records[0].id if records else None),
+                    "jobs": [
+                        {"id": r.id, "name": r.name, "backend": r.backend, "status": r.status.value}
+                        for r in records
+                    ],
+                }
+            )
+
+    class Spec(Protected):
+        def get(self, job_id: str) -> None:
+            record = self.job(job_id)
+            spec = Path(record.job_dir or ".") / "bundle" / "spec.json"
+            self.write(json.loads(spec.read_text()) if spec.exists() else {})
+
+    class Graph(Protected):
+        def get(self, job_id: str) -> None:
+            from neural_jupyter.ui.graph import graph_svg
+
+            record = self.job(job_id)
+            spec = Path(record.job_dir or ".") / "bundle" / "spec.json"
+            if not spec.exists():
+                raise tornado.web.HTTPError(404)
+            self.set_header("Content-Type", "image/svg+xml")
+            self.write(graph_svg(json.loads(spec.read_text())))
+
+    class Events(Protected):
+        async def get(self, job_id: str) -> None:
+            record = self.job(job_id)
+            self.set_header("Content-Type", "text/event-stream")
+            self.set_header("X-Accel-Buffering", "no")
+            tail = LineTail(Path(record.job_dir or ".") / "stdout.log")
+            idle = 0.0
+            try:
+                while True:
+                    lines = [line for line in tail.read() if line.startswith('{"event"')]
+                    for line in lines:
+                        self.write(f"data: {line}\n\n")
+                    if lines:
+                        await self.flush()
+                        idle = 0.0
+                        continue
+                    status = dashboard.job_store().get(job_id).status
+                    if status.is_terminal:
+                        for line in tail.flush():
+                            if line.startswith('{"event"'):
+                                self.write(f"data: {line}\n\n")
+                        self.write(f"event: end\ndata: {json.dumps(status.value)}\n\n")
+                        await self.flush()
+                        return
+                    idle += POLL_SECONDS
+                    if idle >= PING_SECONDS:
+                        self.write(": ping\n\n")
+                        await self.flush()
+                        idle = 0.0
+                    await asyncio.sleep(POLL_SECONDS)
+            except tornado.iostream.StreamClosedError:
+                return
+
+    return tornado.web.Application(
+        [
+            (r"/", Page),
+            (r"/static/(plotly\.min\.js|dashboard\.js)", Script),
+            (r"/api/jobs", Jobs),
+            (rf"/api/jobs/({JOB_ID})/spec", Spec),
+            (rf"/api/jobs/({JOB_ID})/graph\.svg", Graph),
+            (rf"/api/jobs/({JOB_ID})/events", Events),
+        ],
+        default_handler_class=_not_found_handler(Protected),
+        compress_response=True,
+    )
+
+
+def _not_found_handler(base):
+    import tornado.web
+
+    class NotFound(base):
+        def prepare(self) -> None:
+            super().prepare()
+            raise tornado.web.HTTPError(404)
+
+    return NotFound
+
+
+def valid_job_id(text: str) -> bool:
+    return re.fullmatch(JOB_ID, text) is not None
