@@ -363,6 +363,21 @@ class NeuralMagics(Magics, Configurable):
         for text in jobs.get(args.job_id).logs(tail=args.tail):
             print(text)
 
+    # --- builder --------------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("--name", default="MyNet", help="Network name to start with.")
+    @argument("--input", dest="input_shape", default="28, 28, 1", help="Input shape to start with.")
+    @line_magic
+    def neural_builder(self, line: str) -> Any:
+        """A form to build a network layer by layer with live validation; writes the model
+        source into a new cell."""
+        from neural_jupyter.ui.builder import ModelBuilder
+
+        args = parse_argstring(self.neural_builder, line)
+        builder = ModelBuilder(self.shell, args.name, args.input_shape)
+        self._display(builder)
+        return None
+
     # --- dashboard ------------------------------------------------------------------------------
     @magic_arguments()
     @argument("job_id", nargs="?", metavar="JOB", help="Job to show first (default: newest).")
