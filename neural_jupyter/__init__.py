@@ -33,6 +33,17 @@ _LAZY = {
     "compile_model": "neural_jupyter.compiler",
     "compile_file": "neural_jupyter.compiler",
     "CompiledModel": "neural_jupyter.compiler",
+    "run": "neural_jupyter.api",
+    "submit": "neural_jupyter.api",
+    "attach": "neural_jupyter.api",
+    "cancel": "neural_jupyter.api",
+    "jobs": "neural_jupyter.jobs",
+    "Sweep": "neural_jupyter.jobs.sweeps",
+    "ExperimentCoordinator": "neural_jupyter.jobs.sweeps",
+    "Stage": "neural_jupyter.jobs.sweeps",
+    "estimate_cost": "neural_jupyter.pricing",
+    "compare_platforms": "neural_jupyter.pricing",
+    "environment_report": "neural_jupyter.runtime.env_report",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,6 +55,7 @@ __all__ = [
     "DSLError",
     "DSLSyntaxError",
     "DSLValidationError",
+    "ExperimentCoordinator",
     "JobCancelled",
     "JobError",
     "JobFailed",
@@ -53,10 +65,20 @@ __all__ = [
     "PlatformConnectionError",
     "PlatformError",
     "QuotaError",
+    "Stage",
+    "Sweep",
     "__version__",
+    "attach",
+    "cancel",
+    "compare_platforms",
     "compile_file",
     "compile_model",
+    "environment_report",
+    "estimate_cost",
+    "jobs",
     "load_ipython_extension",
+    "run",
+    "submit",
     "unload_ipython_extension",
 ]
 
@@ -65,7 +87,8 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'neural_jupyter' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
+    loaded = importlib.import_module(module)
+    value = loaded if module.endswith(f".{name}") else getattr(loaded, name)
     globals()[name] = value
     return value
 

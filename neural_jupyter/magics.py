@@ -363,6 +363,82 @@ class NeuralMagics(Magics, Configurable):
         for text in jobs.get(args.job_id).logs(tail=args.tail):
             print(text)
 
+    # --- %neural_sweep --------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("model", metavar="MODEL", help="A compiled model with HPO(...) values.")
+    @argument("--data", metavar="DATA", help="Training data, as for %%neural_run.")
+    @argument("--val", metavar="DATA", help="Validation data.")
+    @argument("--target", metavar="COLUMN", help="Label column of a DataFrame or CSV file.")
+    @argument(
+        "--strategy",
+        choices=("grid", "random", "optuna"),
+        default="grid",
+        help="grid (every combination), random (--trials N) or optuna (TPE + pruning).",
+    )
+    @argument("--trials", type=int, help="Number of configurations (random, optuna).")
+    @argument("--seeds", type=int, default=1, help="Seeds per configuration.")
+    @argument("--parallel", type=int, default=1, help="Trials running at once.")
+    @argument("--backend", default="local", help="Where trials run.")
+    @argument("--metric", default="val_loss", help="Metric to optimise (best epoch).")
+    @argument("--mode", choices=("min", "max"), help="Default: max for accuracy, else min.")
+    @argument("--timeout-per-trial", type=float, metavar="S", help="Stop a trial after S s.")
+    @argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="Values for a hyper-parameter or run setting (epochs, batch_size).",
+    )
+    @argument("--name", help="Sweep name (re-using a name resumes that sweep).")
+    @argument("--storage", help="Where results and artifacts go: a directory or s3://bucket/p.")
+    @argument("--monitor", choices=MONITOR_CHOICES, help="Progress display (default: auto).")
+    @argument("--as", dest="as_name", metavar="NAME", help="Also store the result as NAME.")
+    @line_magic
+    def neural_sweep(self, line: str) -> Any:
+        """Train a model over its search space × seeds; re-running resumes (finished trials
+        are reused, failed or lost ones run again)."""
+        from neural_jupyter.jobs.sweeps import Sweep
+        from neural_jupyter.ui.monitor import widget_frontend
+        from neural_jupyter.ui.sweep_monitor import (
+            SweepResultView,
+            TextSweepMonitor,
+            WidgetSweepMonitor,
+        )
+
+        args = parse_argstring(self.neural_sweep, line)
+        model = self._resolve_model(args.model, "", self.default_backend)
+        mode = args.monitor or self.monitor
+        use_widget = mode == "widget" or (mode == "auto" and widget_frontend())
+        view = (
+            WidgetSweepMonitor() if use_widget else (TextSweepMonitor() if mode != "none" else None)
+        )
+        sweep = Sweep(
+            model,
+            args.data,
+            strategy=args.strategy,
+            trials=args.trials,
+            seeds=args.seeds,
+            parallel=args.parallel,
+            backend=args.backend,
+            metric=args.metric,
+            mode=args.mode,
+            timeout_per_trial=args.timeout_per_trial,
+            name=args.name,
+            grid=args.grid,
+            val=args.val,
+            target=args.target,
+            namespace=self.shell.user_ns,
+            storage=args.storage,
+            on_update=view,
+        )
+        if use_widget:
+            self._display(view)
+        result = sweep.run()
+        if args.as_name:
+            self._store(args.as_name, result)
+        self._display(SweepResultView(result))
+        return result
+
     # --- builder --------------------------------------------------------------------------------
     @magic_arguments()
     @argument("--name", default="MyNet", help="Network name to start with.")

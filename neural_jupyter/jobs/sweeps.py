@@ -1,0 +1,447 @@
+"""Sweeps: many trainings of one model over a search space × seeds, on any backend.
+
+Every trial is an ordinary job, keyed by a hash of its full configuration (model source,
+hyper-parameters, seed, run settings, data). Running the same sweep again therefore resumes:
+finished trials are reused, running ones are re-attached, failed or lost ones are queued
+again as a new attempt. A failing trial never stops the sweep; concurrency is bounded by
+``parallel`` and by the backend's own limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from neural_jupyter.backends import get_backend
+from neural_jupyter.backends.base import ResourceSpec
+from neural_jupyter.compiler import CompiledModel, compile_model
+from neural_jupyter.errors import ConfigurationError, NeuralError
+from neural_jupyter.jobs.job import Job
+from neural_jupyter.jobs.launch import start
+from neural_jupyter.jobs.space import SETTING_KEYS, SearchSpace, parse_grid
+from neural_jupyter.jobs.storage import Storage, storage_for
+from neural_jupyter.jobs.store import JobStatus, JobStore
+from neural_jupyter.runtime import data as data_module
+from neural_jupyter.runtime.bundle import RunSettings
+
+STRATEGIES = ("grid", "random", "optuna")
+REUSABLE = (JobStatus.SUCCEEDED,)
+ATTACHABLE = (JobStatus.PENDING, JobStatus.RUNNING)
+
+
+@dataclasses.dataclass
+class Trial:
+    index: int
+    params: dict[str, Any]
+    seed: int
+    key: str = ""
+    job_id: str | None = None
+    status: str = "QUEUED"
+    metric: float | None = None
+    duration: float | None = None
+    reused: bool = False
+    attempt: int = 0
+    error: str | None = None
+
+    def row(self, metric: str) -> dict[str, Any]:
+        return {
+            "trial": self.index,
+            **self.params,
+            "seed": self.seed,
+            "status": self.status,
+            metric: self.metric,
+            "duration": self.duration,
+            "job_id": self.job_id,
+            "reused": self.reused,
+        }
+
+
+def _hash(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def best_of(history: Sequence[Mapping[str, Any]], metric: str, mode: str) -> float | None:
+    values = [
+        h[metric]
+        for h in history
+        if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])
+    ]
+    if not values:
+        return None
+    return max(values) if mode == "max" else min(values)
+
+
+class Sweep:
+    """A sweep over ``model``'s search space; ``run()`` returns a ``SweepResult``."""
+
+    def __init__(
+        self,
+        model: CompiledModel | str,
+        data: Any,
+        *,
+        strategy: str = "grid",
+        trials: int | None = None,
+        seeds: int | Sequence[int] = 1,
+        parallel: int = 1,
+        backend: str = "local",
+        metric: str = "val_loss",
+        mode: str | None = None,
+        timeout_per_trial: float | None = None,
+        name: str | None = None,
+        grid: Mapping[str, Sequence[Any]] | Sequence[str] | None = None,
+        val: Any = None,
+        target: str | None = None,
+        namespace: Mapping[str, Any] | None = None,
+        resources: ResourceSpec | None = None,
+        storage: str | Storage | None = None,
+        store: JobStore | None = None,
+        sampler_seed: int = 0,
+        on_update: Callable[[Sweep, Trial], None] | None = None,
+    ) -> None:
+        self.model = compile_model(model) if isinstance(model, str) else model
+        if strategy not in STRATEGIES:
+            raise ConfigurationError(
+                f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}"
+            )
+        if strategy in ("random", "optuna") and not trials:
+            raise ConfigurationError(f"the {strategy} strategy needs --trials N")
+        if parallel < 1:
+            raise ConfigurationError(f"--parallel must be at least 1, got {parallel}")
+        self.strategy = strategy
+        self.trials_wanted = trials
+        self.seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+        if not self.seeds:
+            raise ConfigurationError("--seeds must be at least 1")
+        self.backend = backend
+        runner = get_backend(backend)
+        limit = getattr(runner, "max_parallel", None)
+        self.parallel = min(parallel, limit) if limit else parallel
+        self.metric = metric
+        self.mode = mode or ("max" if "accuracy" in metric else "min")
+        if self.mode not in ("min", "max"):
+            raise ConfigurationError(f"--mode must be min or max, got {self.mode!r}")
+        self.timeout = timeout_per_trial
+        grid_map = parse_grid(grid) if isinstance(grid, (list, tuple)) else dict(grid or {})
+        self.space = SearchSpace(self.model.search_space, grid_map)
+        self.sampler_seed = sampler_seed
+        self.dataset = data_module.resolve(
+            self.model.spec, data, val=val, target=target, namespace=namespace
+        )
+        self.resources = resources or ResourceSpec(timeout_seconds=timeout_per_trial)
+        self.store = store or JobStore()
+        self.storage = storage_for(storage)
+        self.on_update = on_update
+        fingerprint = {
+            "source": self.model.source,
+            "network": self.model.name,
+            "data": data_module_fingerprint(self.dataset),
+            "backend": backend,
+            "strategy": strategy,
+            "space": sorted(self.space.dimensions),
+            "metric": metric,
+            "timeout": timeout_per_trial,
+        }
+        self.id = name or f"sweep-{_hash(fingerprint)}"
+        self.trials: list[Trial] = []
+        self._lock = threading.Lock()
+
+    # --- configurations -----------------------------------------------------------------------
+    def configurations(self) -> Iterator[dict[str, Any]]:
+        if self.strategy == "grid":
+            yield from self.space.grid()
+        else:
+            yield from self.space.random(self.trials_wanted or 1, self.sampler_seed)
+
+    def planned(self) -> list[Trial]:
+        trials = []
+        for params in self.configurations():
+            for seed in self.seeds:
+                trials.append(Trial(len(trials), params, seed))
+        return trials
+
+    # --- one trial ----------------------------------------------------------------------------
+    def trial_key(self, trial: Trial, attempt: int) -> str:
+        base = _hash({"sweep": self.id, "params": trial.params, "seed": trial.seed})
+        return f"{self.id}-{base}" + (f"-r{attempt}" if attempt else "")
+
+    def _compiled(self, trial: Trial) -> tuple[CompiledModel, RunSettings]:
+        hparams = {k: v for k, v in trial.params.items() if k not in SETTING_KEYS}
+        overrides = {k: v for k, v in trial.params.items() if k in SETTING_KEYS}
+        model = self.model.with_hparams(**hparams) if hparams else self.model
+        settings = RunSettings.from_spec(
+            model.spec, seed=trial.seed, max_seconds=self.timeout, **overrides
+        )
+        return model, settings
+
+    def existing_job(self, trial: Trial) -> Job | None:
+        """The latest attempt's job for this trial, re-queuing failed or lost attempts."""
+        attempt = 0
+        while True:
+            record = self.store.find(self.trial_key(trial, attempt))
+            if record is None:
+                trial.attempt = attempt
+                return None
+            job = Job(record, self.store)
+            status = job.refresh().status
+            if status in REUSABLE or status in ATTACHABLE:
+                trial.attempt = attempt
+                return job
+            attempt += 1
+
+    def run_trial(self, trial: Trial, report: Callable[[Job, dict], bool] | None = None) -> Trial:
+        started = time.monotonic()
+        try:
+            job = self.existing_job(trial)
+            if job is not None and job.record.status in REUSABLE:
+                trial.reused = True
+            elif job is None:
+                model, settings = self._compiled(trial)
+                job = start(
+                    model,
+                    self.dataset,
+                    settings,
+                    backend=self.backend,
+                    resources=self.resources,
+                    name=f"{self.model.name}#{trial.index}",
+                    idempotency_key=self.trial_key(trial, trial.attempt),
+                    store=self.store,
+                    sweep_id=self.id,
+                )
+            trial.job_id, trial.key = job.id, job.record.idempotency_key or ""
+            self._update(trial, "RUNNING")
+            if not trial.reused:
+                self._follow(job, report)
+            record = job.refresh()
+            trial.status = record.status.value
+            trial.error = record.error
+            history = self._history(job)
+            trial.metric = best_of(history, self.metric, self.mode)
+            if trial.status == "SUCCEEDED":
+                self._store_artifacts(trial, job)
+        except Pruned:
+            trial.status = "PRUNED"
+        except NeuralError as exc:  # a failing trial never stops the sweep
+            trial.status, trial.error = "FAILED", str(exc).splitlines()[0]
+        trial.duration = round(time.monotonic() - started, 3)
+        self._update(trial, trial.status)
+        return trial
+
+    def _follow(self, job: Job, report: Callable[[Job, dict], bool] | None) -> None:
+        seen = 0
+        for _item in job.follow():
+            history = job.progress.history
+            if report is not None and len(history) > seen:
+                seen = len(history)
+                if report(job, history[-1]):
+                    job.cancel()
+                    raise Pruned()
+
+    @staticmethod
+    def _history(job: Job) -> list[dict[str, Any]]:
+        path = job.bundle_dir / "output" / "history.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        return list(job.progress.history)
+
+    def _store_artifacts(self, trial: Trial, job: Job) -> None:
+        output = job.bundle_dir / "output"
+        for name in ("model.pt", "history.json"):
+            if (output / name).exists():
+                self.storage.put_file(f"{self.id}/{trial.key}/{name}", output / name)
+
+    def _update(self, trial: Trial, status: str) -> None:
+        with self._lock:
+            trial.status = status
+            if self.on_update is not None:
+                self.on_update(self, trial)
+
+    # --- the whole sweep ----------------------------------------------------------------------
+    def run(self) -> SweepResult:
+        if self.strategy == "optuna":
+            from neural_jupyter.jobs.optuna_strategy import run_optuna
+
+            run_optuna(self)
+        else:
+            self.trials = self.planned()
+            for trial in self.trials:
+                self._update(trial, "QUEUED")
+            with ThreadPoolExecutor(
+                max_workers=self.parallel, thread_name_prefix=f"{self.id}-trial"
+            ) as pool:
+                list(pool.map(self.run_trial, self.trials))
+        result = SweepResult(self.id, self.metric, self.mode, list(self.trials), self.store)
+        self.storage.put_json(f"{self.id}/results.json", result.to_json())
+        return result
+
+
+class Pruned(Exception):
+    """A trial stopped early by the search strategy (Optuna's pruner)."""
+
+
+def data_module_fingerprint(dataset: data_module.Dataset) -> str:
+    digest = hashlib.sha256()
+    for name, array in sorted(dataset.arrays().items()):
+        digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
+        digest.update(array.tobytes()[: 1 << 20])
+    return digest.hexdigest()[:16]
+
+
+class SweepResult:
+    """Trials with their metric; best configuration; mean ± std over seeds per config."""
+
+    def __init__(
+        self,
+        sweep_id: str,
+        metric: str,
+        mode: str,
+        trials: list[Trial],
+        store: JobStore | None = None,
+    ) -> None:
+        self.id = sweep_id
+        self.metric = metric
+        self.mode = mode
+        self.trials = trials
+        self.store = store
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return [t.row(self.metric) for t in self.trials]
+
+    def to_dataframe(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def _scored(self) -> list[Trial]:
+        return [t for t in self.trials if t.status == "SUCCEEDED" and t.metric is not None]
+
+    @property
+    def best(self) -> Trial | None:
+        scored = self._scored()
+        if not scored:
+            return None
+        pick = max if self.mode == "max" else min
+        return pick(scored, key=lambda t: t.metric)
+
+    @property
+    def best_config(self) -> dict[str, Any] | None:
+        best = self.best
+        return dict(best.params) if best else None
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per configuration: mean and std of the metric over its seeds."""
+        groups: dict[str, list[Trial]] = {}
+        for trial in self._scored():
+            groups.setdefault(json.dumps(trial.params, sort_keys=True, default=str), []).append(
+                trial
+            )
+        rows = []
+        for key, trials in groups.items():
+            values = [t.metric for t in trials]
+            rows.append(
+                {
+                    **json.loads(key),
+                    "mean": statistics.fmean(values),
+                    "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "seeds": len(values),
+                }
+            )
+        rows.sort(key=lambda r: r["mean"], reverse=self.mode == "max")
+        return rows
+
+    def best_model(self) -> Any:
+        best = self.best
+        if best is None:
+            raise ConfigurationError("no trial of this sweep succeeded")
+        return Job.load(best.job_id, self.store).result().model()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sweep": self.id,
+            "metric": self.metric,
+            "mode": self.mode,
+            "trials": self.rows,
+            "summary": self.summary(),
+            "best": self.best.row(self.metric) if self.best else None,
+        }
+
+    def __repr__(self) -> str:
+        counts: dict[str, int] = {}
+        for trial in self.trials:
+            counts[trial.status] = counts.get(trial.status, 0) + 1
+        best = self.best
+        shown = f", best {self.metric}={best.metric:.4g} with {best.params}" if best else ""
+        return f"<SweepResult {self.id}: {counts}{shown}>"
+
+
+@dataclasses.dataclass
+class Stage:
+    """One stage of an experiment: architectures × data sets × grid × seeds."""
+
+    name: str
+    models: Sequence[CompiledModel | str]
+    datasets: Sequence[Any]
+    grid: Mapping[str, Sequence[Any]] = dataclasses.field(default_factory=dict)
+    seeds: int | Sequence[int] = 1
+    strategy: str = "grid"
+    trials: int | None = None
+    backend: str = "local"
+    gpu_type: str | None = None
+    timeout_per_trial: float | None = None
+    parallel: int = 1
+
+
+class ExperimentCoordinator:
+    """Runs stages in order; each (architecture, data set) pair of a stage is one sweep."""
+
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        *,
+        metric: str = "val_loss",
+        mode: str | None = None,
+        storage: str | Storage | None = None,
+        store: JobStore | None = None,
+        namespace: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.stages = list(stages)
+        self.metric, self.mode = metric, mode
+        self.storage, self.store, self.namespace = storage, store, namespace
+
+    def run(self) -> dict[str, list[SweepResult]]:
+        results: dict[str, list[SweepResult]] = {}
+        for stage in self.stages:
+            results[stage.name] = []
+            for m_index, model in enumerate(stage.models):
+                for d_index, data in enumerate(stage.datasets):
+                    sweep = Sweep(
+                        model,
+                        data,
+                        strategy=stage.strategy,
+                        trials=stage.trials,
+                        seeds=stage.seeds,
+                        parallel=stage.parallel,
+                        backend=stage.backend,
+                        metric=self.metric,
+                        mode=self.mode,
+                        timeout_per_trial=stage.timeout_per_trial,
+                        name=f"{stage.name}-m{m_index}-d{d_index}",
+                        grid=stage.grid,
+                        namespace=self.namespace,
+                        resources=ResourceSpec(
+                            gpu_type=stage.gpu_type, timeout_seconds=stage.timeout_per_trial
+                        ),
+                        storage=self.storage,
+                        store=self.store,
+                    )
+                    results[stage.name].append(sweep.run())
+        return results
