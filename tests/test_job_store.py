@@ -641,9 +641,11 @@ from neural_jupyter.jobs.store import JobStore
 
 path, tag, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 print("ready", flush=True)
-sys.stdin.readline()  # start together
-started = time.time()
+sys.stdin.readline()
 store = JobStore(Path(path))  # both processes may create and migrate the file at once
+print("opened", flush=True)
+sys.stdin.readline()  # start writing together
+started = time.time()
 created_shared = 0
 for i in range(count):
     job = store.create(name=f"{tag}-{i}", backend="local", idempotency_key=f"{tag}-{i}")
@@ -671,11 +673,12 @@ def test_two_processes_write_the_same_file(tmp_path):
         for tag in ("A", "B")
     ]
     try:
-        for p in procs:
-            assert p.stdout.readline().strip() == "ready"
-        for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.flush()
+        for step in ("ready", "opened"):
+            for p in procs:
+                assert p.stdout.readline().strip() == step, p.stderr.read()
+            for p in procs:
+                p.stdin.write("go\n")
+                p.stdin.flush()
         results = [p.communicate(timeout=180) for p in procs]
     finally:
         for p in procs:

@@ -173,7 +173,6 @@ class JobStore:
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else paths.home() / STORE_FILENAME
-        self._idle: sqlite3.Connection | None = None
         self._idle_pid: int | None = None
         self._idle_lock = threading.Lock()
         self._idle_finalizer: weakref.finalize | None = None
@@ -189,7 +188,7 @@ class JobStore:
         with self._idle_lock:
             if self._idle_finalizer is not None:
                 self._idle_finalizer()
-            self._idle = self._idle_pid = self._idle_finalizer = None
+            self._idle_pid = self._idle_finalizer = None
 
     def __enter__(self) -> JobStore:
         return self
@@ -474,7 +473,8 @@ class JobStore:
             self._check_existing()
         self._migrate()
         self._ready = True
-        self._keep_open()
+        with self._connect():  # opens the idle connection
+            pass
 
     def _check_existing(self) -> None:
         """Refuse, without writing a byte, a file that is damaged or from a newer version.
@@ -568,7 +568,7 @@ class JobStore:
             )
             # a first read maps the WAL index; the connection then holds it, and no lock
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            self._idle, self._idle_pid = conn, pid
+            self._idle_pid = pid
             self._idle_finalizer = weakref.finalize(self, _close_in_owner, conn, pid)
 
     @contextlib.contextmanager
