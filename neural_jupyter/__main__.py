@@ -60,7 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     quick = commands.add_parser("quickstart", help="run the quick-start notebook headlessly")
     quick.add_argument("notebook", nargs="?", type=Path, default=DEFAULT_NOTEBOOK)
     quick.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    docs = commands.add_parser("docs", help="regenerate docs/language.md and docs/magics.md")
+    docs.add_argument("directory", nargs="?", type=Path, default=Path("docs"))
     args = parser.parse_args(argv)
+    if args.command == "docs":
+        from neural_jupyter.docgen import write
+
+        for path in write(args.directory):
+            print(f"wrote {path}")
+        return 0
     if not args.notebook.exists():
         parser.error(f"no notebook at {args.notebook} (run from the repository root)")
     return quickstart(args.notebook, args.timeout)
