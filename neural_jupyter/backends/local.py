@@ -39,6 +39,7 @@ from neural_jupyter.runtime.tail import LineTail
 
 EXIT_TIMEOUT = 124
 GRACE_SECONDS = 5.0
+WATCHDOG_GRACE_SECONDS = 30.0
 POLL_SECONDS = 0.05
 
 
@@ -128,7 +129,8 @@ class LocalBackend(Backend):
             self._marker(job, "timed_out").touch()
             self._kill_group(job)
 
-        timer = threading.Timer(seconds + GRACE_SECONDS, expire)
+        # the script stops itself at its budget (exit 124); this only catches a hung one
+        timer = threading.Timer(seconds + WATCHDOG_GRACE_SECONDS, expire)
         timer.daemon = True
         timer.start()
         self._watchdogs[job.id] = timer
