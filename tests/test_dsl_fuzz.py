@@ -311,7 +311,12 @@ CRASHERS = {
     "broken_escape_N": (_net('Dense(2, "\\N")'), "broken escape sequence"),
     "broken_escape_u": (_net('Dense(2, "rel\\u12")'), "broken escape sequence"),
     "broken_escape_x": (_net('Dense(2, "\\x0")'), "broken escape sequence"),
-    "number_with_5000_digits": (_net("Dense(" + "9" * 5000 + ")"), "number is too long"),
+    "number_with_5000_digits": (_net("Dense(" + "9" * 5000 + ")"), "number is too large"),
+    "number_beyond_int64": (_net("Dense(9223372036854775808)"), "number is too large"),
+    "input_with_huge_size": (
+        _net("Flatten()", "Dense(2)", input="(" + ", ".join(["4611686018427387904"] * 300) + ")"),
+        "input has more than 9,223,372,036,854,775,807 values",
+    ),
     "deeply_nested_list": (
         _net("Dense(2)", extra="  metrics: " + "[" * 3000 + "]" * 3000 + "\n"),
         "nested more than 64 levels",
@@ -330,7 +335,7 @@ CRASHERS = {
         + _net("M0()"),
         "macros are nested more than 32 levels",
     ),
-    "huge_repetition": (_net("Dense(2) * 9223372036854775808"), "more than 10,000 layers"),
+    "huge_repetition": (_net("Dense(2) * 9223372036854775807"), "more than 10,000 layers"),
     "repetition_of_a_macro": (
         "define B { Dense(8) * 100 }\ndefine C { B() * 100 }\n" + _net("C() * 100"),
         "more than 10,000 layers",

@@ -711,3 +711,8 @@ def test_generated_module_names_are_reserved():
         assert defined - {model.name} <= RESERVED_NAMES
     with pytest.raises(DSLValidationError, match="cannot be a network name"):
         compile_model(net("Dense(2)").replace("network Net", "network TransformerEncoder"))
+
+
+def test_override_beyond_int64_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="is too large"):
+        compile_model(HPO_SOURCE, hparams={"dense_1.units": 10**5000})

@@ -14,9 +14,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from neural_jupyter.dsl import ir
-from neural_jupyter.dsl.layers import BACKENDS, LAYERS, RECURRENT, InnerLayer, Shape, ShapeError
+from neural_jupyter.dsl.layers import (
+    BACKENDS,
+    LAYERS,
+    RECURRENT,
+    InnerLayer,
+    Shape,
+    ShapeError,
+    prod,
+)
 from neural_jupyter.dsl.params import Param, ParamError, Signature, bind, describe_value, frozen
-from neural_jupyter.dsl.parser import display_source
+from neural_jupyter.dsl.parser import MAX_INT, display_source
 from neural_jupyter.dsl.spec import (
     EarlyStoppingSpec,
     HyperParameter,
@@ -185,6 +193,8 @@ class _Analyzer:
         return value
 
     def _check_override(self, name: str, node: ir.HPO, param: Param, value: Any, rank: int):
+        if isinstance(value, int) and not -MAX_INT <= value <= MAX_INT:
+            raise ConfigurationError(f"hyper-parameter '{name}' is too large")
         try:
             param.coerce(value, rank)
         except ParamError as exc:
@@ -282,6 +292,8 @@ class _Analyzer:
                 setting.span,
                 hint="e.g. 'input: (28, 28, 1)' (channels last, no batch axis)",
             )
+        if prod(value) > MAX_INT:
+            raise self.error(f"input has more than {MAX_INT:,} values per sample", setting.span)
         return value
 
     # --- layers ----------------------------------------------------------------------------

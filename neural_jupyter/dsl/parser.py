@@ -50,6 +50,7 @@ def parse(source: str, source_name: str = "<cell>") -> ir.Program:
     return ir.Program(tuple(networks), tuple(macros), source, source_name)
 
 
+MAX_INT = 2**63 - 1  # the largest integer a framework can take (int64)
 MAX_NESTING = 64  # brackets and blocks inside each other; deeper input is surely a mistake
 
 
@@ -110,10 +111,10 @@ class _ToIR(Transformer):
         text = str(children[0])
         if any(c in text for c in ".eE"):
             return float(text)
-        try:
-            return int(text)
-        except ValueError:  # more digits than Python converts
-            raise self._error("this number is too long", _span(meta)) from None
+        digits = text.lstrip("+-").lstrip("0")
+        if len(digits) > len(str(MAX_INT)) or int(text) > MAX_INT or int(text) < -MAX_INT:
+            raise self._error(f"this number is too large (the largest is {MAX_INT:,})", _span(meta))
+        return int(text)
 
     def string(self, meta, children):
         try:
