@@ -1,0 +1,1300 @@
+"""Amazon SageMaker training jobs, through boto3 only (no ``sagemaker`` SDK).
+
+``submit`` packs the bundle into ``source.tar.gz`` (plus a small entry point, see
+``ENTRY_SCRIPT``), uploads it to ``s3://BUCKET/neural-jupyter/JOB/source.tar.gz`` and calls
+``CreateTrainingJob`` with AWS's prebuilt PyTorch image in script mode. ``events`` follows
+``DescribeTrainingJob`` (each secondary status becomes a ``status`` event) and the job's
+CloudWatch log streams (each line parsed with the event protocol). When the job completes,
+``model.tar.gz`` is brought back into the job's ``bundle/output`` so ``TrainingRun`` works as
+for a local run.
+
+Configuration (first match wins):
+
+* region: ``--region`` → ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` → the boto3 profile's region
+* bucket: ``--set bucket=...`` → ``NEURAL_JUPYTER_SAGEMAKER_BUCKET`` → SageMaker's default
+  bucket ``sagemaker-{region}-{account}`` (account from ``sts:GetCallerIdentity``; created if
+  missing)
+* execution role: ``--set role=...`` → ``NEURAL_JUPYTER_SAGEMAKER_ROLE`` → ``SAGEMAKER_ROLE``
+* endpoints (tests, VPC endpoints): boto3's own ``AWS_ENDPOINT_URL_<SERVICE>`` variables
+  (``..._SAGEMAKER``, ``..._S3``, ``..._CLOUDWATCH_LOGS``, ``..._STS``, or ``AWS_ENDPOINT_URL``
+  for all); ``NEURAL_JUPYTER_SAGEMAKER_ENDPOINT`` is an alias for the SageMaker one.
+
+Credentials come only from boto3's credential chain. They are never read into a request,
+a bundle, the job store or a message; their values are registered with the redaction filter
+so that nothing shown can contain them.
+
+Retries: our own (``retry.call_with_retries``: 3 tries, throttling/5xx/connection errors
+only); botocore's built-in retries are switched off so a create is never repeated behind our
+back. The training job's name is derived from the idempotency key, so a retried create that
+finds the job already there (``ResourceInUse``) is the job we started, never a second one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from neural_jupyter.backends.base import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    UNKNOWN,
+    Backend,
+    CostEstimate,
+    RemoteJob,
+    RemoteStatus,
+    ResourceSpec,
+    StreamItem,
+    Submission,
+)
+from neural_jupyter.backends.retry import TRANSIENT_HTTP_STATUS, call_with_retries
+from neural_jupyter.backends.sagemaker_images import instance_family, training_image
+from neural_jupyter.dsl.suggest import did_you_mean
+from neural_jupyter.errors import (
+    ConfigurationError,
+    MissingDependencyError,
+    PlatformAuthError,
+    PlatformConnectionError,
+    PlatformError,
+    QuotaError,
+)
+from neural_jupyter.redaction import redact, register_secret
+from neural_jupyter.runtime.bundle import BUNDLE_FILES, Bundle
+from neural_jupyter.runtime.events import Event, LogLine, parse_line
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+PLATFORM = "sagemaker"
+ENV_REGION = ("AWS_REGION", "AWS_DEFAULT_REGION")
+ENV_BUCKET = "NEURAL_JUPYTER_SAGEMAKER_BUCKET"
+ENV_ROLE = ("NEURAL_JUPYTER_SAGEMAKER_ROLE", "SAGEMAKER_ROLE")
+ENV_ENDPOINT = "NEURAL_JUPYTER_SAGEMAKER_ENDPOINT"
+ENV_POLL = "NEURAL_JUPYTER_SAGEMAKER_POLL_SECONDS"
+
+S3_PREFIX = "neural-jupyter"
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+PRIMARY_HOST = "algo-1"
+ENTRY_POINT = "neural_jupyter_entry.py"
+CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
+DEFAULT_CPU_INSTANCE = "ml.m5.xlarge"
+DEFAULT_MAX_RUNTIME_HOURS = 24.0
+MAX_RUNTIME_LIMIT = 28 * 24 * 3600  # SageMaker's ceiling for MaxRuntime/MaxWaitTime
+DEFAULT_VOLUME_GB = 30
+POLL_SECONDS = 5.0
+HEARTBEAT_SECONDS = 0.25
+JOB_NAME_MAX = 63
+ARTIFACTS_MARKER = "sagemaker-artifacts.json"
+
+# Files of the bundle the container does not need: the PyTorch image already has numpy and
+# torch, and a requirements.txt would make the container run pip at start-up.
+SKIPPED_FOR_PYTORCH = frozenset({"requirements.txt"})
+
+# Extra settings (``--set KEY=VALUE`` / ``extra={...}``) this backend understands.
+EXTRA_KEYS = {
+    "bucket": "S3 bucket for the bundle and outputs",
+    "role": "ARN of the SageMaker execution role",
+    "instance_count": "number of instances (default 1)",
+    "image": "training image URI instead of AWS's PyTorch image",
+    "max_wait_hours": "spot only: how long to wait for capacity plus run (default 2x runtime)",
+    "prefix": f"S3 key prefix (default {S3_PREFIX!r})",
+}
+
+# (TrainingJobStatus, SecondaryStatus) -> our state; "*" stands for any secondary status.
+STATE_TABLE: dict[tuple[str, str], str] = {
+    ("InProgress", "Starting"): PENDING,
+    ("InProgress", "Pending"): PENDING,
+    ("InProgress", "LaunchingMLInstances"): PENDING,
+    ("InProgress", "PreparingTrainingStack"): PENDING,
+    ("InProgress", "Downloading"): PENDING,
+    ("InProgress", "DownloadingTrainingImage"): PENDING,
+    ("InProgress", "Interrupted"): PENDING,  # spot capacity reclaimed; waits to restart
+    ("InProgress", "Restarting"): PENDING,
+    ("InProgress", "Training"): RUNNING,
+    ("InProgress", "Uploading"): RUNNING,
+    ("InProgress", "Updating"): RUNNING,
+    ("InProgress", "*"): RUNNING,
+    ("Stopping", "*"): RUNNING,  # still billed until it is Stopped
+    ("Completed", "*"): SUCCEEDED,
+    ("Failed", "*"): FAILED,
+    ("Stopped", "MaxRuntimeExceeded"): FAILED,
+    ("Stopped", "MaxWaitTimeExceeded"): FAILED,
+    ("Stopped", "*"): CANCELLED,
+    ("Deleting", "*"): UNKNOWN,
+}
+TIMED_OUT_STATUSES = frozenset({"MaxRuntimeExceeded", "MaxWaitTimeExceeded"})
+
+TRANSIENT_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "ProvisionedThroughputExceededException",
+        "SlowDown",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "InternalFailure",
+        "InternalError",
+        "InternalServerError",
+        "InternalServerException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+    }
+)
+AUTH_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "RequestExpired",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+        "IncompleteSignature",
+        "InvalidAccessKeyId",
+        "MissingAuthenticationToken",
+        "NotAuthorized",
+        "AuthFailure",
+        "InvalidToken",
+        "403",
+    }
+)
+QUOTA_CODES = frozenset({"ResourceLimitExceeded", "ServiceQuotaExceededException"})
+EXISTS_CODES = frozenset({"ResourceInUse", "ConflictException"})
+NOT_FOUND_CODES = frozenset({"ResourceNotFound", "ResourceNotFoundException"})
+
+METRIC_NAMES = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+# The entry point SageMaker runs (HyperParameter sagemaker_program). It is added to the
+# uploaded source next to the unchanged generated train.py.
+ENTRY_SCRIPT = '''\
+"""SageMaker entry point added by neural-jupyter next to the job bundle.
+
+SageMaker's PyTorch image unpacks source.tar.gz into its code directory and runs this file
+there. It points the bundle's output directory (job.json "output_dir") at the directory
+SageMaker uploads as model.tar.gz (SM_MODEL_DIR, /opt/ml/model), or, for managed spot
+training (--neural_checkpoint_dir), at the checkpoint directory SageMaker keeps in sync with
+S3: then an interrupted job resumes from its last epoch, and the outputs are copied to
+SM_MODEL_DIR at the end. train.py itself runs unchanged.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--neural_checkpoint_dir", default="")
+    args, _ = parser.parse_known_args()
+    here = Path(__file__).resolve().parent
+    model_dir = Path(os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
+    checkpoint_dir = Path(args.neural_checkpoint_dir) if args.neural_checkpoint_dir else None
+    target = checkpoint_dir or model_dir
+    target.mkdir(parents=True, exist_ok=True)
+    job = json.loads((here / "job.json").read_text())
+    output = here / job.get("output_dir", "output")
+    if output.is_symlink():
+        output.unlink()
+    elif output.is_dir():
+        shutil.rmtree(output)
+    output.symlink_to(target, target_is_directory=True)
+    command = [sys.executable, "-u", str(here / "train.py"), "--job", str(here / "job.json")]
+    if checkpoint_dir is not None and (checkpoint_dir / "checkpoint.pt").exists():
+        print("resuming from the last checkpoint", file=sys.stderr, flush=True)
+        command.append("--resume")
+    child = subprocess.Popen(command, cwd=here)
+
+    def forward(signum, frame):
+        child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    code = child.wait()
+    if checkpoint_dir is not None and checkpoint_dir.resolve() != model_dir.resolve():
+        model_dir.mkdir(parents=True, exist_ok=True)
+        for item in checkpoint_dir.iterdir():
+            if item.is_file():
+                shutil.copy2(item, model_dir / item.name)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
+
+
+# --- names and small helpers ------------------------------------------------------------------
+def job_name_for(idempotency_key: str) -> str:
+    """The training job name for an idempotency key: stable, ≤ 63 chars of [a-zA-Z0-9-]."""
+    clean = re.sub(r"[^a-zA-Z0-9]+", "-", idempotency_key).strip("-")
+    name = f"nj-{clean}"
+    if len(name) <= JOB_NAME_MAX and clean == idempotency_key:
+        return name
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:12]
+    head = f"nj-{clean}"[: JOB_NAME_MAX - len(digest) - 1].rstrip("-")
+    return f"{head}-{digest}"
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    match = re.match(r"^s3://([^/]+)/(.+)$", uri)
+    if not match:
+        raise PlatformError(f"not an S3 URI: {uri!r}", platform=PLATFORM)
+    return match.group(1), match.group(2)
+
+
+def _timestamp(value: Any) -> float | None:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+def state_of(description: Mapping[str, Any]) -> str:
+    """Our state for a ``DescribeTrainingJob`` answer (see ``STATE_TABLE``)."""
+    primary = str(description.get("TrainingJobStatus", ""))
+    secondary = str(description.get("SecondaryStatus", ""))
+    return STATE_TABLE.get((primary, secondary)) or STATE_TABLE.get((primary, "*"), UNKNOWN)
+
+
+def _exit_code(reason: str | None) -> int | None:
+    match = re.search(r"exit ?code[\s:=]*(-?\d+)", reason or "", re.IGNORECASE)
+    return int(match.group(1)) if match else None
+
+
+def billing_from(description: Mapping[str, Any]) -> dict[str, Any]:
+    """Billable time, training time and (managed spot) the saving, from a description."""
+    billable = description.get("BillableTimeInSeconds")
+    training = description.get("TrainingTimeInSeconds")
+    spot = bool(description.get("EnableManagedSpotTraining"))
+    resources = description.get("ResourceConfig") or {}
+    instance = resources.get("InstanceType")
+    count = int(resources.get("InstanceCount") or 1)
+    info: dict[str, Any] = {
+        "billable_seconds": billable,
+        "training_seconds": training,
+        "instance_type": instance,
+        "instance_count": count,
+        "spot": spot,
+        "spot_savings": None,
+        "list_price_usd": None,
+    }
+    if spot and billable is not None and training:
+        info["spot_savings"] = round(1.0 - billable / training, 4)
+    if billable is not None and instance:
+        from neural_jupyter.pricing import offers
+
+        for offer in offers():
+            if offer.platform == PLATFORM and offer.instance_type == instance:
+                # list price on demand: with spot the actual bill is lower still
+                info["list_price_usd"] = round(billable / 3600 * offer.hourly_usd * count, 4)
+    return info
+
+
+def billing_summary(info: Mapping[str, Any]) -> str | None:
+    billable = info.get("billable_seconds")
+    if billable is None:
+        return None
+    text = f"billable time {billable} s on {info['instance_count']} × {info['instance_type']}"
+    if info.get("list_price_usd") is not None:
+        text += f" (≈ ${info['list_price_usd']:.2f} at the on-demand list price)"
+    if info.get("spot_savings") is not None:
+        text += (
+            f"; managed spot saved {info['spot_savings']:.0%} of "
+            f"{info['training_seconds']} s training time"
+        )
+    return text
+
+
+# --- errors -----------------------------------------------------------------------------------
+def _error_code(exc: BaseException) -> tuple[str, str, int | None]:
+    response = getattr(exc, "response", None) or {}
+    error = response.get("Error") or {}
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return str(error.get("Code") or ""), str(error.get("Message") or ""), status
+
+
+def _is_client_error(exc: BaseException) -> bool:
+    return hasattr(exc, "response") and isinstance(getattr(exc, "response", None), dict)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Throttling, 5xx and connection faults: worth another try."""
+    if _is_client_error(exc):
+        code, _, status = _error_code(exc)
+        return code in TRANSIENT_CODES or (
+            status in TRANSIENT_HTTP_STATUS and code not in AUTH_CODES
+        )
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError, SSLError
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, (BotoConnectionError, HTTPClientError)) and not isinstance(exc, SSLError)
+
+
+def _already_exists(exc: BaseException) -> bool:
+    if not _is_client_error(exc):
+        return False
+    code, message, _ = _error_code(exc)
+    lowered = message.lower()
+    return code in EXISTS_CODES or (
+        code == "ValidationException"
+        and ("already exists" in lowered or "must be unique" in lowered)
+    )
+
+
+def _not_found(exc: BaseException) -> bool:
+    if not _is_client_error(exc):
+        return False
+    code, message, _ = _error_code(exc)
+    return code in NOT_FOUND_CODES or (
+        code == "ValidationException" and "not found" in message.lower()
+    )
+
+
+def platform_error(exc: BaseException, action: str) -> PlatformError:
+    """Our error for a boto3/botocore exception (auth, quota, connection, or the platform's)."""
+    docs = "see docs/platforms/sagemaker.md for the credentials and IAM permissions it needs"
+    if _is_client_error(exc):
+        code, message, status = _error_code(exc)
+        text = f"{action} failed: {code or status}: {message}".rstrip(": ")
+        if code in AUTH_CODES:
+            return PlatformAuthError(text, platform=PLATFORM, hint=docs)
+        if code in QUOTA_CODES:
+            return QuotaError(
+                text,
+                platform=PLATFORM,
+                hint="ask for more in Service Quotas (SageMaker: '<instance> for training job "
+                "usage'), or pick another instance type or region",
+            )
+        if is_transient(exc):
+            return PlatformError(
+                f"{text} (still failing after retries; the service may be busy)",
+                platform=PLATFORM,
+                hint="try again in a minute",
+            )
+        return PlatformError(text, platform=PLATFORM)
+    name = type(exc).__name__
+    if name in {
+        "NoCredentialsError",
+        "PartialCredentialsError",
+        "CredentialRetrievalError",
+        "TokenRetrievalError",
+        "SSOTokenLoadError",
+        "UnauthorizedSSOTokenError",
+        "NoAuthTokenError",
+    }:
+        return PlatformAuthError(
+            f"{action} failed: no usable AWS credentials ({name})",
+            platform=PLATFORM,
+            hint="run `aws configure` or `aws sso login`, set AWS_PROFILE, or set "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; " + docs,
+        )
+    if is_transient(exc):
+        return PlatformConnectionError(
+            f"{action} failed: could not reach AWS ({name}: {exc})", platform=PLATFORM
+        )
+    return PlatformError(f"{action} failed: {name}: {exc}", platform=PLATFORM)
+
+
+class TrainingJobNotFound(PlatformError):
+    """SageMaker has no training job of that name in that region."""
+
+
+# --- configuration ----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SageMakerConfig:
+    """Where jobs go: resolved from resources, environment and the boto3 profile."""
+
+    region: str
+    role: str
+    bucket: str | None  # None: SageMaker's default bucket (account looked up at submit)
+    prefix: str = S3_PREFIX
+    instance_count: int = 1
+    image: str | None = None
+    max_wait_hours: float | None = None
+
+
+def _env_first(names: tuple[str, ...] | str) -> str | None:
+    for name in (names,) if isinstance(names, str) else names:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def _check_extra(extra: Mapping[str, Any]) -> None:
+    for key in extra:
+        if key not in EXTRA_KEYS:
+            raise ConfigurationError(
+                f"unknown SageMaker setting '{key}'",
+                hint=did_you_mean(key, EXTRA_KEYS)
+                or "known: " + ", ".join(f"{k} ({v})" for k, v in EXTRA_KEYS.items()),
+            )
+
+
+def _positive(extra: Mapping[str, Any], key: str, kind: type) -> Any:
+    value = extra.get(key)
+    if value is None:
+        return None
+    number = None
+    if not isinstance(value, bool):
+        with contextlib.suppress(TypeError, ValueError):
+            number = kind(value)
+    if number is None or number <= 0 or (kind is int and number != float(value)):
+        raise ConfigurationError(f"--set {key} must be a positive number, got {value!r}")
+    return number
+
+
+def instance_type_for(resources: ResourceSpec) -> str:
+    """The instance type: as given, else the cheapest known one with ``gpus`` GPUs."""
+    from neural_jupyter.pricing import instance_types
+
+    offers = instance_types(PLATFORM)
+    if resources.instance_type:
+        instance = resources.instance_type
+        instance_family(instance)  # raises for names that are not ml.* instance types
+        known = next((o for o in offers if o.instance_type == instance), None)
+        if known is not None and resources.gpus and known.gpus < resources.gpus:
+            raise ConfigurationError(
+                f"{instance} has {known.gpus} GPU(s); --gpus {resources.gpus} needs a bigger one",
+                hint=", ".join(o.instance_type for o in offers if o.gpus >= resources.gpus) or None,
+            )
+        return instance
+    if not resources.gpus:
+        return DEFAULT_CPU_INSTANCE
+    wanted = (resources.gpu_type or "").lower()
+    matches = [
+        o
+        for o in offers
+        if o.gpus == resources.gpus and (not wanted or (o.gpu_type or "").lower() == wanted)
+    ]
+    if not matches:
+        raise ConfigurationError(
+            f"no known SageMaker instance has {resources.gpus} {resources.gpu_type or ''} GPU(s)",
+            hint="name one with --instance (e.g. ml.g5.xlarge)",
+        )
+    return matches[0].instance_type
+
+
+def max_runtime_seconds(resources: ResourceSpec) -> int:
+    seconds = resources.max_seconds or DEFAULT_MAX_RUNTIME_HOURS * 3600
+    return max(1, min(MAX_RUNTIME_LIMIT, math.ceil(seconds)))
+
+
+# --- the source archive -----------------------------------------------------------------------
+def source_files(bundle_path: Path, framework: str) -> list[str]:
+    """The bundle files that go into source.tar.gz (the entry point is added to them)."""
+    skipped = SKIPPED_FOR_PYTORCH if framework == "pytorch" else frozenset()
+    return sorted(
+        p.name
+        for p in bundle_path.iterdir()
+        if p.is_file() and p.name not in skipped and p.name != ENTRY_POINT
+    )
+
+
+def write_source_archive(bundle: Bundle, destination: Path) -> str:
+    """Write the bundle (+ entry point) as a reproducible tar.gz; return its sha256."""
+    framework = str(bundle.job.get("framework", "pytorch"))
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes | None = None, path: Path | None = None):
+        info = tarfile.TarInfo(name)
+        info.mode = 0o644
+        info.mtime = 0
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        if path is not None:
+            info.size = path.stat().st_size
+            with path.open("rb") as handle:
+                tar.addfile(info, handle)
+        else:
+            payload = data or b""
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        destination.open("wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as zipped,
+        tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for name in source_files(bundle.path, framework):
+            add(tar, name, path=bundle.path / name)
+        add(tar, ENTRY_POINT, data=ENTRY_SCRIPT.encode())
+    digest = hashlib.sha256()
+    with destination.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _safe_extract(archive: Path, destination: Path) -> list[Path]:
+    """Extract regular files and directories only, never outside ``destination``."""
+    destination.mkdir(parents=True, exist_ok=True)
+    root = destination.resolve()
+    extracted = []
+    with tarfile.open(archive, "r:*") as tar:
+        for member in tar.getmembers():
+            target = (root / member.name).resolve()
+            if not (member.isfile() or member.isdir()) or (
+                target != root and root not in target.parents
+            ):
+                log.warning("skipping %s in model.tar.gz (not a plain file inside it)", member.name)
+                continue
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = tar.extractfile(member)
+            if source is None:
+                continue
+            with source, target.open("wb") as out:
+                shutil.copyfileobj(source, out)
+            extracted.append(target)
+    return extracted
+
+
+# --- log mirroring ----------------------------------------------------------------------------
+class _LogMirror:
+    """Writes what a job's CloudWatch streams said into its ``stdout.log`` (event lines) and
+    ``stderr.log`` (everything else), as the local backend's files, for ``Job.logs`` and
+    ``TrainingRun``. One writer per job at a time; every reader starts from the beginning."""
+
+    _owners: ClassVar[set[str]] = set()
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, job: RemoteJob) -> None:
+        self.key = str(job.directory.resolve()) if job.directory.is_dir() else None
+        self.files: dict[str, Any] = {}
+        if self.key is None:
+            return
+        with self._lock:
+            if self.key in self._owners:
+                self.key = None
+                return
+            self._owners.add(self.key)
+        for stream in ("stdout", "stderr"):
+            self.files[stream] = (job.directory / f"{stream}.log").open("w", encoding="utf-8")
+
+    def write(self, text: str, stream: str) -> None:
+        handle = self.files.get(stream)
+        if handle is not None:
+            handle.write(text + "\n")
+            handle.flush()
+
+    def close(self) -> None:
+        for handle in self.files.values():
+            handle.close()
+        self.files.clear()
+        if self.key is not None:
+            with self._lock:
+                self._owners.discard(self.key)
+            self.key = None
+
+
+class _Clients:
+    def __init__(self, factory: Callable[[str], Any]) -> None:
+        self._factory = factory
+        self._made: dict[str, Any] = {}
+
+    def __getattr__(self, service: str) -> Any:
+        if service.startswith("_"):
+            raise AttributeError(service)
+        if service not in self._made:
+            self._made[service] = self._factory(service)
+        return self._made[service]
+
+
+# --- the backend ------------------------------------------------------------------------------
+class SageMakerBackend(Backend):
+    name = PLATFORM
+    label = "Amazon SageMaker"
+    extra = "sagemaker"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sessions: dict[str, Any] = {}
+        self._clients: dict[tuple, Any] = {}
+
+    # --- boto3 plumbing -----------------------------------------------------------------------
+    @staticmethod
+    def _boto3() -> Any:
+        try:
+            import boto3
+            import botocore  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError("boto3", "sagemaker", "The SageMaker backend") from None
+        return boto3
+
+    @property
+    def poll_seconds(self) -> float:
+        value = os.environ.get(ENV_POLL, "").strip()
+        try:
+            return max(0.01, float(value)) if value else POLL_SECONDS
+        except ValueError:
+            raise ConfigurationError(
+                f"{ENV_POLL} must be a number of seconds, got {value!r}"
+            ) from None
+
+    def _session(self) -> Any:
+        """One boto3 session per credential setting (profile, key id, config files)."""
+        boto3 = self._boto3()
+        names = (
+            "AWS_PROFILE",
+            "AWS_DEFAULT_PROFILE",
+            "AWS_ACCESS_KEY_ID",  # an id, not a secret; new temporary keys get new ids
+            "AWS_CONFIG_FILE",
+            "AWS_SHARED_CREDENTIALS_FILE",
+        )
+        key = "\0".join(os.environ.get(n, "") for n in names)
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is None:
+                session = boto3.session.Session()
+                self._sessions = {key: session}
+                self._clients = {}
+            return session
+
+    def _register_credentials(self, session: Any) -> None:
+        """Tell the redaction filter the credential values (never kept anywhere else)."""
+        try:
+            credentials = session.get_credentials()
+        except Exception as exc:  # SSO/assume-role failures surface as auth errors
+            raise platform_error(exc, "reading AWS credentials") from None
+        if credentials is None:
+            return
+        frozen = credentials.get_frozen_credentials()
+        for value in (frozen.access_key, frozen.secret_key, frozen.token):
+            register_secret(value)
+
+    def _client(self, service: str, region: str) -> Any:
+        from botocore.config import Config
+
+        session = self._session()
+        endpoint = _env_first(ENV_ENDPOINT) if service == "sagemaker" else None
+        overrides = tuple(
+            sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_ENDPOINT_URL"))
+        )
+        key = (id(session), service, region, endpoint, overrides)
+        with self._lock:
+            client = self._clients.get(key)
+        if client is not None:
+            return client
+        self._register_credentials(session)
+        config = Config(
+            retries={"total_max_attempts": 1, "mode": "standard"},  # we retry, see module doc
+            connect_timeout=10,
+            read_timeout=70,
+        )
+        client = session.client(service, region_name=region, endpoint_url=endpoint, config=config)
+        with self._lock:
+            self._clients[key] = client
+        return client
+
+    def clients(self, region: str) -> _Clients:
+        return _Clients(lambda service: self._client(service, region))
+
+    @staticmethod
+    def _call(action: str, func: Callable[[], T]) -> T:
+        """``func()`` with retries for transient faults; failures become our errors."""
+
+        def on_retry(attempt: int, exc: BaseException) -> None:
+            code = _error_code(exc)[0] if _is_client_error(exc) else type(exc).__name__
+            log.info("%s: transient %s, trying again (attempt %d)", action, code, attempt + 1)
+
+        try:
+            return call_with_retries(func, is_transient, on_retry=on_retry)
+        except MissingDependencyError:
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith(("botocore", "boto3")) or _is_client_error(exc):
+                raise platform_error(exc, action) from None
+            raise
+
+    # --- configuration ------------------------------------------------------------------------
+    def region(self, given: str | None = None) -> str:
+        """``given`` → AWS_REGION / AWS_DEFAULT_REGION → the boto3 profile's region."""
+        region = given or _env_first(ENV_REGION) or self._boto3().session.Session().region_name
+        if not region:
+            raise ConfigurationError(
+                "no AWS region configured for SageMaker",
+                hint="pass --region us-east-1 (region=...), set AWS_REGION, or "
+                "`aws configure set region us-east-1`",
+            )
+        if not _REGION.match(region):
+            raise ConfigurationError(f"'{region}' is not an AWS region name (e.g. us-east-1)")
+        return region
+
+    def config(self, resources: ResourceSpec) -> SageMakerConfig:
+        """Region, role, bucket and extras for ``resources`` (no network)."""
+        extra = dict(resources.extra or {})
+        _check_extra(extra)
+        region = self.region(resources.region)
+        role = str(extra.get("role") or _env_first(ENV_ROLE) or "")
+        if not role:
+            raise ConfigurationError(
+                "SageMaker needs an execution role: the IAM role the training job runs as "
+                "(it reads the bundle from S3 and writes the model back)",
+                hint="set NEURAL_JUPYTER_SAGEMAKER_ROLE=arn:aws:iam::<account>:role/<name> "
+                "(SAGEMAKER_ROLE works too), or pass --set role=<ARN> "
+                "(extra={'role': ...}); docs/platforms/sagemaker.md shows how to create one",
+            )
+        if not _ROLE_ARN.match(role):
+            raise ConfigurationError(
+                f"the SageMaker execution role must be a role ARN, got {role!r}",
+                hint="it looks like arn:aws:iam::123456789012:role/SageMakerExecution",
+            )
+        bucket = str(extra.get("bucket") or _env_first(ENV_BUCKET) or "") or None
+        if bucket is not None:
+            bucket = bucket.removeprefix("s3://").strip("/")
+            if not _BUCKET.match(bucket):
+                raise ConfigurationError(f"'{bucket}' is not an S3 bucket name")
+        prefix = str(extra.get("prefix") or S3_PREFIX).strip("/")
+        image = extra.get("image")
+        return SageMakerConfig(
+            region=region,
+            role=role,
+            bucket=bucket,
+            prefix=prefix,
+            instance_count=_positive(extra, "instance_count", int) or 1,
+            image=str(image) if image else None,
+            max_wait_hours=_positive(extra, "max_wait_hours", float),
+        )
+
+    @staticmethod
+    def job_name(job: RemoteJob) -> str:
+        return (
+            job.remote_id
+            or str(job.details.get("job_name") or "")
+            or job_name_for(job.idempotency_key)
+        )
+
+    def _region_of(self, job: RemoteJob) -> str:
+        resources = job.details.get("resources") or {}
+        return str(job.details.get("region") or self.region(resources.get("region")))
+
+    # --- the request --------------------------------------------------------------------------
+    def training_request(
+        self, job: RemoteJob, resources: ResourceSpec, config: SageMakerConfig, bucket: str
+    ) -> dict[str, Any]:
+        """The exact ``CreateTrainingJob`` parameters for ``job`` (nothing secret in them)."""
+        name = self.job_name(job)
+        instance = instance_type_for(resources)
+        root = f"s3://{bucket}/{config.prefix}/{name}"
+        runtime = max_runtime_seconds(resources)
+        hyperparameters = {
+            # script mode of AWS's framework images; values JSON-encoded like the SDK does
+            "sagemaker_program": json.dumps(ENTRY_POINT),
+            "sagemaker_submit_directory": json.dumps(f"{root}/source.tar.gz"),
+            "sagemaker_region": json.dumps(config.region),
+            "sagemaker_container_log_level": "20",
+            "sagemaker_job_name": json.dumps(name),
+        }
+        request: dict[str, Any] = {
+            "TrainingJobName": name,
+            "AlgorithmSpecification": {
+                "TrainingImage": config.image or training_image(config.region, instance),
+                "TrainingInputMode": "File",
+                "MetricDefinitions": [
+                    {"Name": metric, "Regex": rf'"event": "epoch".*?"{metric}": ([-0-9.eE+]+)'}
+                    for metric in METRIC_NAMES
+                ],
+            },
+            "RoleArn": config.role,
+            "HyperParameters": hyperparameters,
+            "OutputDataConfig": {"S3OutputPath": f"{root}/output"},
+            "ResourceConfig": {
+                "InstanceType": instance,
+                "InstanceCount": config.instance_count,
+                "VolumeSizeInGB": math.ceil(resources.disk_gb or DEFAULT_VOLUME_GB),
+            },
+            "StoppingCondition": {"MaxRuntimeInSeconds": runtime},
+            "Environment": {
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONDONTWRITEBYTECODE": "1",
+                "KERAS_BACKEND": "torch",
+            },
+            "Tags": [
+                {"Key": "neural-jupyter:job-id", "Value": job.id},
+                {"Key": "neural-jupyter:idempotency-key", "Value": job.idempotency_key},
+            ],
+        }
+        if resources.spot:
+            wait_hours = config.max_wait_hours
+            wait = math.ceil(wait_hours * 3600) if wait_hours else 2 * runtime
+            if wait < runtime:
+                raise ConfigurationError(
+                    f"--set max_wait_hours={wait_hours:g} is shorter than the run's budget "
+                    f"({runtime / 3600:g} h); spot jobs wait for capacity within it",
+                )
+            request["EnableManagedSpotTraining"] = True
+            request["StoppingCondition"]["MaxWaitTimeInSeconds"] = min(wait, MAX_RUNTIME_LIMIT)
+            request["CheckpointConfig"] = {
+                "S3Uri": f"{root}/checkpoints",
+                "LocalPath": CHECKPOINT_LOCAL_PATH,
+            }
+            hyperparameters["neural_checkpoint_dir"] = json.dumps(CHECKPOINT_LOCAL_PATH)
+        return request
+
+    def plan(self, job: RemoteJob, resources: ResourceSpec) -> dict[str, Any]:
+        """The upload target and the exact ``CreateTrainingJob`` request; sends nothing."""
+        config = self.config(resources)
+        bucket = config.bucket or f"sagemaker-{config.region}-<account-id>"
+        request = self.training_request(job, resources, config, bucket)
+        source = json.loads(request["HyperParameters"]["sagemaker_submit_directory"])
+        plan: dict[str, Any] = {
+            "backend": PLATFORM,
+            "region": config.region,
+            "upload": {
+                "uri": source,
+                "files": [f for f in BUNDLE_FILES if f not in SKIPPED_FOR_PYTORCH] + [ENTRY_POINT],
+            },
+            "CreateTrainingJob": request,
+            "logs": f"CloudWatch Logs {LOG_GROUP}, streams {request['TrainingJobName']}/algo-*",
+        }
+        if config.bucket is None:
+            plan["notes"] = [
+                "bucket: SageMaker's default bucket; <account-id> is looked up with "
+                "sts:GetCallerIdentity at submit, and the bucket is created if missing"
+            ]
+        return plan
+
+    def estimate_cost(self, resources: ResourceSpec) -> CostEstimate | None:
+        """List price × the run's budget (``--max-hours``, default 24 h) × instances."""
+        from neural_jupyter.pricing import estimate
+
+        instance = instance_type_for(resources)
+        _check_extra(resources.extra or {})
+        count = _positive(resources.extra or {}, "instance_count", int) or 1
+        hours = max_runtime_seconds(resources) / 3600
+        cost = estimate(PLATFORM, instance, hours, spot=resources.spot)
+        if count > 1:
+            cost = dataclasses.replace(
+                cost,
+                hourly_usd=cost.hourly_usd * count,
+                note=f"{count} instances; {cost.note}".rstrip("; "),
+            )
+        return cost
+
+    def check_credentials(self) -> None:
+        session = self._session()
+        try:
+            credentials = session.get_credentials()
+        except Exception as exc:
+            raise platform_error(exc, "reading AWS credentials") from None
+        if credentials is None:
+            raise PlatformAuthError(
+                "no AWS credentials found",
+                platform=PLATFORM,
+                hint="run `aws configure` or `aws sso login`, set AWS_PROFILE, or set "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; see docs/platforms/sagemaker.md",
+            )
+
+    # --- submit -------------------------------------------------------------------------------
+    def _bucket(self, clients: _Clients, config: SageMakerConfig) -> str:
+        if config.bucket:
+            bucket, default = config.bucket, False
+        else:
+            identity = self._call("sts:GetCallerIdentity", clients.sts.get_caller_identity)
+            bucket, default = f"sagemaker-{config.region}-{identity['Account']}", True
+
+        def exists() -> bool:
+            try:
+                clients.s3.head_bucket(Bucket=bucket)
+            except Exception as exc:
+                if _is_client_error(exc) and _error_code(exc)[0] in {"404", "NoSuchBucket"}:
+                    return False
+                raise
+            return True
+
+        if self._call(f"checking bucket {bucket}", exists):
+            return bucket
+        if not default:
+            raise ConfigurationError(
+                f"the S3 bucket '{bucket}' does not exist (or is in another account)",
+                hint="create it in the job's region, or leave the bucket unset to use "
+                "SageMaker's default bucket",
+            )
+        params: dict[str, Any] = {"Bucket": bucket}
+        if config.region != "us-east-1":
+            params["CreateBucketConfiguration"] = {"LocationConstraint": config.region}
+        self._call(f"creating bucket {bucket}", lambda: clients.s3.create_bucket(**params))
+        log.info("created SageMaker's default bucket %s", bucket)
+        return bucket
+
+    def submit(self, bundle: Bundle, job: RemoteJob, resources: ResourceSpec) -> Submission:
+        config = self.config(resources)
+        clients = self.clients(config.region)
+        bucket = self._bucket(clients, config)
+        request = self.training_request(job, resources, config, bucket)
+        name = request["TrainingJobName"]
+        source = json.loads(request["HyperParameters"]["sagemaker_submit_directory"])
+        _, key = split_s3_uri(source)
+
+        job.directory.mkdir(parents=True, exist_ok=True)
+        archive = job.directory / "source.tar.gz"
+        try:
+            sha256 = write_source_archive(bundle, archive)
+
+            def upload() -> Any:
+                with archive.open("rb") as body:
+                    return clients.s3.put_object(
+                        Bucket=bucket, Key=key, Body=body, ContentType="application/gzip"
+                    )
+
+            self._call(f"uploading the bundle to {source}", upload)
+        finally:
+            archive.unlink(missing_ok=True)
+
+        attempts = 0
+
+        def create() -> str:
+            nonlocal attempts
+            attempts += 1
+            try:
+                clients.sagemaker.create_training_job(**request)
+            except Exception as exc:
+                if _already_exists(exc):
+                    # the name comes from the idempotency key: that job is this job
+                    return "after a retry" if attempts > 1 else "submitted before"
+                raise
+            return "created"
+
+        outcome = self._call("CreateTrainingJob", create)
+        log.info("SageMaker training job %s: %s", name, outcome)
+        details = {
+            "job_name": name,
+            "region": config.region,
+            "bucket": bucket,
+            "source": source,
+            "source_sha256": sha256,
+            "output": request["OutputDataConfig"]["S3OutputPath"],
+            "image": request["AlgorithmSpecification"]["TrainingImage"],
+            "instance_type": request["ResourceConfig"]["InstanceType"],
+            "instance_count": request["ResourceConfig"]["InstanceCount"],
+            "max_runtime_seconds": request["StoppingCondition"]["MaxRuntimeInSeconds"],
+            "spot": bool(resources.spot),
+            "log_group": LOG_GROUP,
+            "console": f"https://{config.region}.console.aws.amazon.com/sagemaker/home"
+            f"?region={config.region}#/jobs/{name}",
+        }
+        if outcome != "created":
+            details["existing"] = outcome
+        return Submission(name, details)
+
+    # --- status -------------------------------------------------------------------------------
+    def describe(self, job: RemoteJob, clients: _Clients | None = None) -> dict[str, Any]:
+        """``DescribeTrainingJob`` for ``job`` (``TrainingJobNotFound`` if there is none)."""
+        region = self._region_of(job)
+        clients = clients or self.clients(region)
+        name = self.job_name(job)
+
+        def call() -> dict[str, Any]:
+            try:
+                return clients.sagemaker.describe_training_job(TrainingJobName=name)
+            except Exception as exc:
+                if _not_found(exc):
+                    raise TrainingJobNotFound(
+                        f"there is no training job {name} in {region}", platform=PLATFORM
+                    ) from None
+                raise
+
+        return self._call(f"DescribeTrainingJob {name}", call)
+
+    def status(self, job: RemoteJob) -> RemoteStatus:
+        try:
+            description = self.describe(job)
+        except TrainingJobNotFound as exc:
+            return RemoteStatus(UNKNOWN, message=exc.message)
+        return self.status_from(description)
+
+    @staticmethod
+    def status_from(description: Mapping[str, Any]) -> RemoteStatus:
+        state = state_of(description)
+        primary = description.get("TrainingJobStatus")
+        secondary = str(description.get("SecondaryStatus") or "")
+        reason = description.get("FailureReason")
+        if secondary in TIMED_OUT_STATUSES:
+            return RemoteStatus(
+                FAILED,
+                None,
+                f"stopped at its time limit ({secondary}" + (f": {reason})" if reason else ")"),
+                timed_out=True,
+            )
+        if state == SUCCEEDED:
+            return RemoteStatus(
+                SUCCEEDED, 0, billing_summary(billing_from(description)) or "Completed"
+            )
+        if state == FAILED:
+            return RemoteStatus(FAILED, _exit_code(reason), reason or f"{primary}: {secondary}")
+        if state == CANCELLED:
+            return RemoteStatus(CANCELLED, None, reason or "stopped (StopTrainingJob)")
+        transitions = description.get("SecondaryStatusTransitions") or []
+        message = transitions[-1].get("StatusMessage") if transitions else None
+        return RemoteStatus(state, None, f"{secondary}: {message}" if message else secondary)
+
+    def billing(self, job: RemoteJob) -> dict[str, Any]:
+        """Billable and training seconds, and for managed spot the saving (0.7 = 70 %)."""
+        return billing_from(self.describe(job))
+
+    # --- events -------------------------------------------------------------------------------
+    def events(self, job: RemoteJob, *, follow: bool = True) -> Iterator[StreamItem]:
+        clients = self.clients(self._region_of(job))
+        name = self.job_name(job)
+        mirror = _LogMirror(job)
+        tail = _CloudWatchTail(self, clients, name)
+        seen: set[tuple] = set()
+        told_no_logs = False
+        try:
+            while True:
+                description = self.describe(job, clients)
+                for transition in description.get("SecondaryStatusTransitions") or []:
+                    key = (transition.get("Status"), transition.get("StatusMessage"))
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    yield _status_event(
+                        f"{key[0]}: {key[1]}" if key[1] else str(key[0]),
+                        status=key[0],
+                        time=_timestamp(transition.get("StartTime")),
+                    )
+                for item, line in tail.read():
+                    if isinstance(item, LogLine):
+                        mirror.write(redact(line), "stderr")
+                    else:
+                        mirror.write(line, "stdout")
+                    yield item
+                status = self.status_from(description)
+                if not tail.streams and not told_no_logs:
+                    told_no_logs = True
+                    yield _status_event(
+                        "SageMaker wrote no training log for this job (it ended before its "
+                        "container started)"
+                        if status.is_terminal
+                        else "SageMaker logs are not available yet: CloudWatch gets the "
+                        "training log once the container starts (now: "
+                        f"{description.get('SecondaryStatus')})"
+                    )
+                if status.is_terminal or not follow:
+                    if status.is_terminal:
+                        yield from self._finish(job, clients, description, mirror.key is not None)
+                    return
+                yield from _heartbeats(self.poll_seconds)
+        finally:
+            mirror.close()
+
+    def _finish(
+        self,
+        job: RemoteJob,
+        clients: _Clients,
+        description: Mapping[str, Any],
+        fetch: bool,
+    ) -> Iterator[StreamItem]:
+        """The billing summary, and (``fetch``: the job's one writing reader) model.tar.gz."""
+        summary = billing_summary(billing_from(description))
+        if summary:
+            yield _status_event(summary, status=description.get("TrainingJobStatus"))
+        if not fetch or state_of(description) != SUCCEEDED or not job.directory.is_dir():
+            return
+        uri = (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+        marker = job.directory / ARTIFACTS_MARKER
+        with contextlib.suppress(OSError, ValueError):
+            if uri and json.loads(marker.read_text()).get("uri") == uri:
+                return
+        try:
+            files = self._download(clients, description, job.directory / "bundle" / "output", job)
+        except PlatformError as exc:
+            yield _status_event(f"could not bring back model.tar.gz: {exc.message}")
+            return
+        if files:
+            yield _status_event(
+                f"model.tar.gz brought back: {', '.join(sorted(files))} in "
+                f"{job.directory / 'bundle' / 'output'}"
+            )
+
+    # --- artifacts ----------------------------------------------------------------------------
+    def fetch_artifacts(self, job: RemoteJob, destination: Path | None = None) -> dict[str, Path]:
+        """Download ``model.tar.gz`` and unpack it (default: the job's ``bundle/output``)."""
+        clients = self.clients(self._region_of(job))
+        destination = destination or job.directory / "bundle" / "output"
+        return self._download(clients, self.describe(job, clients), destination, job)
+
+    def _download(
+        self,
+        clients: _Clients,
+        description: Mapping[str, Any],
+        destination: Path,
+        job: RemoteJob,
+    ) -> dict[str, Path]:
+        uri = (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+        if not uri:
+            return {}
+        bucket, key = split_s3_uri(uri)
+        destination.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            dir=destination.parent, prefix=".model-", suffix=".tar.gz.part", delete=False
+        ) as handle:
+            partial = Path(handle.name)
+
+        def fetch() -> None:
+            response = clients.s3.get_object(Bucket=bucket, Key=key)
+            with partial.open("wb") as out:
+                shutil.copyfileobj(response["Body"], out)
+
+        try:
+            self._call(f"downloading {uri}", fetch)
+            extracted = _safe_extract(partial, destination)
+        finally:
+            partial.unlink(missing_ok=True)
+        names = {"model.pt": "weights", "history.json": "history", "checkpoint.pt": "checkpoint"}
+        found = {names.get(p.name, p.name): p for p in extracted}
+        if job.directory.is_dir():
+            record = {"uri": uri, "files": {k: str(v) for k, v in found.items()}}
+            (job.directory / ARTIFACTS_MARKER).write_text(json.dumps(record, indent=2))
+        return found
+
+    # --- cancel -------------------------------------------------------------------------------
+    def cancel(self, job: RemoteJob) -> None:
+        clients = self.clients(self._region_of(job))
+        name = self.job_name(job)
+
+        def stop() -> None:
+            try:
+                clients.sagemaker.stop_training_job(TrainingJobName=name)
+            except Exception as exc:
+                code, message, _ = _error_code(exc) if _is_client_error(exc) else ("", "", None)
+                if code == "ValidationException" and "status" in message.lower():
+                    log.info("%s has already ended: %s", name, message)  # nothing left to stop
+                    return
+                raise
+
+        self._call(f"StopTrainingJob {name}", stop)
+
+
+def _status_event(message: str, **fields: Any) -> Event:
+    data = {"message": message, "source": PLATFORM}
+    data.update({k: v for k, v in fields.items() if v is not None})
+    return Event("status", data)
+
+
+def _heartbeats(seconds: float) -> Iterator[None]:
+    deadline = time.monotonic() + seconds
+    while True:
+        yield None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(HEARTBEAT_SECONDS, left))
+
+
+class _CloudWatchTail:
+    """Reads a job's log streams (``<job>/algo-*``) onward from where it last stopped."""
+
+    def __init__(self, backend: SageMakerBackend, clients: _Clients, job_name: str) -> None:
+        self.backend = backend
+        self.clients = clients
+        self.prefix = f"{job_name}/algo-"
+        self.tokens: dict[str, str] = {}
+        self.streams: list[str] = []
+
+    def _list_streams(self) -> list[str]:
+        def call() -> list[str]:
+            names: list[str] = []
+            kwargs: dict[str, Any] = {"logGroupName": LOG_GROUP, "logStreamNamePrefix": self.prefix}
+            try:
+                while True:
+                    page = self.clients.logs.describe_log_streams(**kwargs)
+                    names.extend(s["logStreamName"] for s in page.get("logStreams", []))
+                    if not page.get("nextToken"):
+                        return names
+                    kwargs["nextToken"] = page["nextToken"]
+            except Exception as exc:
+                if _not_found(exc):
+                    return []  # no job in this region has logged yet
+                raise
+
+        return sorted(self.backend._call("DescribeLogStreams", call))
+
+    def read(self) -> Iterator[tuple[Event | LogLine, str]]:
+        """New lines of every stream, parsed, with the line as written to the log mirror."""
+        self.streams = self._list_streams()
+        hosts = [stream[len(self.prefix) - len("algo-") :] for stream in self.streams]
+        primary = next((h for h in hosts if h.rsplit("-", 1)[0] == PRIMARY_HOST), None)
+        primary = primary or (hosts[0] if hosts else None)
+        for stream, host in zip(self.streams, hosts, strict=True):
+            label = host.rsplit("-", 1)[0] if host.count("-") > 1 else host
+            for message in self._read_stream(stream):
+                for line in message.rstrip("\n").split("\n"):
+                    line = line.rstrip("\r")
+                    if host != primary:
+                        text = f"[{label}] {line}"
+                        yield LogLine(text, "stderr"), text
+                        continue
+                    item = parse_line(line, "stdout")
+                    if isinstance(item, LogLine):
+                        # CloudWatch merges stdout and stderr; train.py writes only events to
+                        # stdout, so every other line is treated as stderr.
+                        item = LogLine(line, "stderr")
+                    yield item, line
+
+    def _read_stream(self, stream: str) -> Iterator[str]:
+        while True:
+            token = self.tokens.get(stream)
+            kwargs: dict[str, Any] = {
+                "logGroupName": LOG_GROUP,
+                "logStreamName": stream,
+                "startFromHead": True,
+            }
+            if token:
+                kwargs["nextToken"] = token
+
+            def call(kwargs: dict[str, Any] = kwargs) -> dict[str, Any]:
+                return self.clients.logs.get_log_events(**kwargs)
+
+            page = self.backend._call(f"GetLogEvents {stream}", call)
+            events = page.get("events") or []
+            for event in events:
+                yield str(event.get("message", ""))
+            new = page.get("nextForwardToken")
+            if new:
+                self.tokens[stream] = new
+            if not events or new == token:
+                return
