@@ -890,3 +890,23 @@ def test_failed_compile_of_two_networks_stores_neither(ip):
     assert isinstance(err, DSLValidationError)
     assert ip.ns["Net"] is before
     assert "Second" not in ip.ns and "Third" not in ip.ns
+
+
+@pytest.mark.parametrize(
+    "source,shown",
+    [
+        (net("Dense(2)", loss='HPO(choice("mse", "mae"))'), 'got HPO(choice("mse", "mae"))'),
+        (net("Dense(2)", input="(a, b)"), "got (a, b)"),
+        (net("Dense((1, x))"), "got (1, x)"),
+        (net("Dense((true,))"), "got (true,)"),
+        (net('Dense(HPO(choice(1, "a")))'), '(in choice(1, "a"))'),
+        (net("Dense(2)", extra="  optimizer: 0.1\n"), "got 0.1"),
+    ],
+)
+def test_messages_show_values_as_the_language_writes_them(source, shown):
+    with pytest.raises(DSLValidationError) as info:
+        compile_model(source)
+    assert shown in info.value.message
+    value_text = info.value.message.split(" got ", 1)[1]
+    for python_only in ("Ident(", "Span(", "HPO(kind", "True", "'"):
+        assert python_only not in value_text

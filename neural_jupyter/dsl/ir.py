@@ -83,13 +83,33 @@ class HPO:
         return self.options if self.kind == "choice" else (self.low, self.high)
 
     def describe(self) -> str:
+        """The search space as the model language writes it."""
         if self.kind == "choice":
-            return "choice(" + ", ".join(repr(o) for o in self.options) + ")"
+            return "choice(" + ", ".join(written(o) for o in self.options) + ")"
         step = f", step={self.step!r}" if self.step is not None else ""
         return f"{self.kind}({self.low!r}, {self.high!r}{step})"
 
 
 Value = int | float | str | bool | tuple | Ident | Call | HPO | None
+
+
+def written(value: Any) -> str:
+    """``value`` as the model language writes it (for messages)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if value is None:
+        return "None"
+    if isinstance(value, Ident):
+        return value.name
+    if isinstance(value, Call):
+        return f"{value.name}(...)"
+    if isinstance(value, HPO):
+        return f"HPO({value.describe()})"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(written(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return repr(value)
 
 
 @dataclass(frozen=True)

@@ -118,11 +118,7 @@ def describe_value(value: Any) -> str:
         return f"the name {value.name}"
     if isinstance(value, str):
         return f'the string "{value}"'
-    if isinstance(value, ir.Call):
-        return f"{value.name}(...)"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
+    return ir.written(value)
 
 
 def _wrong(param: Param, value: Any, rank: int) -> ParamError:

@@ -454,7 +454,7 @@ def _hint_for(token: Token | None, expected: set[str]) -> str | None:
 
 
 def _end_position(source: str) -> tuple[int, int]:
-    lines = source.splitlines() or [""]
+    lines = display_source(source).splitlines() or [""]
     return len(lines), len(lines[-1]) + 1
 
 
