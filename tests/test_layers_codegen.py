@@ -189,6 +189,23 @@ CASES: list[Case] = [
         'Residual { Conv2D(4, 3, padding="same", activation="relu") }',
         "Flatten()",
     ),
+    _case("residual_dense_after_conv", "(5, 5, 2)", "Conv2D(4, 1)", "Residual { Dense(4) }"),
+    _case(
+        "residual_nested",
+        "(5, 5, 3)",
+        'Residual { Residual { Conv2D(3, 3, padding="same") } BatchNormalization() Dense(3) }',
+    ),
+    _case("conv1d_flatten", "(6, 2)", "Conv1D(3, 2)", "Flatten()", "Dense(2)"),
+    _case("dense_after_conv", "(4, 3, 2)", "Conv2D(3, 2)", 'Dense(2, "softmax")'),
+    _case("embedding_conv1d", "(9,)", "Embedding(12, 4)", "Conv1D(3, 3)", "GlobalMaxPooling1D()"),
+    _case("output_after_conv_regression", "(4, 4, 2)", "Conv2D(3, 3)", "Output(2)"),
+    _case(
+        "lstm_batchnorm_activation",
+        "(6, 3)",
+        "LSTM(4, return_sequences=true)",
+        "BatchNormalization()",
+        'Activation("softmax")',
+    ),
     _case(
         "cnn_classifier",
         "(8, 8, 1)",
