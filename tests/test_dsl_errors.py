@@ -553,6 +553,15 @@ BAD: list[Bad] = [
         "unknown search space 'choise'",
     ),
     Bad(
+        "hpo_range_bound_twice",
+        net("Dense(HPO(range(4, 16, low=2)))"),
+        DSLValidationError,
+        4,
+        28,
+        "low=2",
+        "range() gets 'low' both by position and by name",
+    ),
+    Bad(
         "hpo_duplicate_choice",
         net("Dense(HPO(choice(16, 16)))"),
         DSLValidationError,

@@ -207,6 +207,11 @@ class _ToIR(Transformer):
         extra = set(kwargs) - {"step", "low", "high"}
         if extra:
             raise self._error(f"{inner.name}() has no argument '{sorted(extra)[0]}'", inner.span)
+        for position, key in enumerate(("low", "high", "step")):
+            if key in kwargs and len(values) > position:
+                raise self._error(
+                    f"{inner.name}() gets '{key}' both by position and by name", kwargs[key].span
+                )
         low = kwargs["low"].value if "low" in kwargs else (values[0] if values else None)
         high = (
             kwargs["high"].value if "high" in kwargs else (values[1] if len(values) > 1 else None)
