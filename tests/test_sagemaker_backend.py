@@ -28,7 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fakes.sagemaker_api import FAILED, MAX_RUNTIME, FakeSageMaker, FakeTrainingJob
+from fakes.sagemaker_api import (
+    FAILED,
+    MAX_RUNTIME,
+    STARTING,
+    TRAINING,
+    UPLOADING,
+    FakeSageMaker,
+    FakeTrainingJob,
+    Step,
+)
 
 from neural_jupyter import api
 from neural_jupyter.backends import base, get_backend
@@ -649,6 +658,43 @@ def test_events_follow_status_transitions_and_cloudwatch_logs(cloud):
     # a second reading (re-attach) gives the same stream from the start, without following
     replay = [i for i in cloud.backend.events(remote, follow=False) if i is not None]
     assert [i.kind for i in replay if isinstance(i, Event) and i.kind != "status"] == kinds
+
+
+def test_spot_interruption_and_restart_show_every_transition(cloud):
+    cloud.fake.script = (
+        STARTING,
+        TRAINING,
+        Step("InProgress", "Interrupted", "Spot capacity was reclaimed"),
+        STARTING,
+        TRAINING,
+        UPLOADING,
+        Step("Completed", "Completed", "Training job completed"),
+    )
+    bundle, job = make_bundle(cloud.tmp)
+    resources = ResourceSpec(spot=True, max_runtime_hours=1, extra={"bucket": BUCKET})
+    submission = cloud.backend.submit(bundle, job, resources)
+    remote = RemoteJob(job.id, job.directory, submission.remote_id, dict(submission.details))
+    states = []
+    for item in cloud.backend.events(remote):
+        if isinstance(item, Event) and item.get("time"):
+            states.append(
+                (
+                    item.get("status"),
+                    cloud.backend.status_from(
+                        {"TrainingJobStatus": "InProgress", "SecondaryStatus": item.get("status")}
+                    ).state,
+                )
+            )
+    assert [s for s, _ in states] == [
+        "Starting",
+        "Training",
+        "Interrupted",
+        "Starting",
+        "Training",
+        "Uploading",
+        "Completed",
+    ]
+    assert states[2] == ("Interrupted", PENDING)
 
 
 def test_failure_reason_surfaces_in_job_failed(cloud):

@@ -1086,14 +1086,17 @@ class SageMakerBackend(Backend):
         try:
             while True:
                 description = self.describe(job, clients)
-                for transition in description.get("SecondaryStatusTransitions") or []:
-                    key = (transition.get("Status"), transition.get("StatusMessage"))
-                    if key in seen:
+                transitions = description.get("SecondaryStatusTransitions") or []
+                for index, transition in enumerate(transitions):
+                    # by position: a spot job that restarts goes through Starting... again;
+                    # the current entry's message may change while it lasts
+                    status, message = transition.get("Status"), transition.get("StatusMessage")
+                    if (index, status, message) in seen:
                         continue
-                    seen.add(key)
+                    seen.add((index, status, message))
                     yield _status_event(
-                        f"{key[0]}: {key[1]}" if key[1] else str(key[0]),
-                        status=key[0],
+                        f"{status}: {message}" if message else str(status),
+                        status=status,
                         time=_timestamp(transition.get("StartTime")),
                     )
                 for item, line in tail.read():
