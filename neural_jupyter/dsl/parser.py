@@ -354,7 +354,7 @@ class _ToIR(Transformer):
 
 def _syntax_error(exc: UnexpectedInput, source: str, source_name: str) -> DSLSyntaxError:
     """Turn a lark error into a message a notebook user can act on."""
-    brace = _brace_problem(exc, source)
+    brace = _bracket_problem(exc, source)
     if brace is not None:
         message, line, column, hint = brace
         return DSLSyntaxError(
@@ -498,60 +498,68 @@ def _brackets(
     return found
 
 
-def _brace_problem(exc: UnexpectedInput, source: str) -> tuple[str, int, int, str] | None:
-    """Explain a parse error that comes from a missing or extra brace.
+_CLOSERS = {"{": ("}", "RBRACE"), "(": (")", "RPAR"), "[": ("]", "RSQB")}
 
-    Only when the braces do not balance and the parser stopped where a brace matters: it
-    wanted a '}', met a '}' or the end of the input, or was back outside every network.
+
+def _bracket_problem(exc: UnexpectedInput, source: str) -> tuple[str, int, int, str] | None:
+    """Explain a parse error that comes from a missing or extra bracket or brace.
+
+    Only when that kind of bracket does not balance in the whole source and the parser
+    stopped where it matters: it wanted the closing bracket, met a closing bracket with
+    nothing open, reached the end of the input, or (braces) was back outside every network.
     """
     if isinstance(exc, UnexpectedCharacters):
-        return None
-    braces = _brackets(source)
-    opened = sum(1 for _, ch, _, _ in braces if ch == "{")
-    closed = len(braces) - opened
-    if opened == closed:
         return None
     token = getattr(exc, "token", None)
     at_end = token is None or token.type == "$END" or isinstance(exc, UnexpectedEOF)
     stop = len(source) if at_end else token.start_pos
-    accepted = _accepted_terminals(exc)
-    related = (
-        at_end
-        or token.type == "RBRACE"
-        or "RBRACE" in accepted
-        or (accepted and accepted <= _TOP_LEVEL | {"$END"})
-    )
-    if not related:
-        return None
-    stack: list[tuple[int, int]] = []
-    last_close: tuple[int, int, tuple[int, int]] | None = None
-    for offset, ch, line, column in braces:
-        if offset >= stop:
-            break
-        if ch == "{":
-            stack.append((line, column))
-        elif stack:
-            last_close = (line, column, stack.pop())
     where = "the end of the input" if at_end else f"line {token.line}, column {token.column}"
-    if opened > closed:
-        if not stack:
-            return None
-        line, column = stack[-1]
-        return (
-            "'{' is never closed",
-            line,
-            column,
-            f"add the matching '}}' to end this block (before {where})",
-        )
-    if token is not None and token.type == "RBRACE" and not stack:
-        return ("unmatched '}'", token.line, token.column, "remove it or add the matching '{'")
-    if last_close is None:
+    accepted = _accepted_terminals(exc)
+    top_level = bool(accepted) and accepted <= _TOP_LEVEL | {"$END"}
+    unclosed: list[tuple[int, str, int, int]] = []  # innermost open bracket of each kind
+    for opener, (closer, terminal) in _CLOSERS.items():
+        marks = _brackets(source, opener, closer)
+        opened = sum(1 for _, ch, _, _ in marks if ch == opener)
+        closed = len(marks) - opened
+        if opened == closed:
+            continue
+        stack: list[tuple[int, int, int]] = []
+        last_close: tuple[int, int, tuple[int, int, int]] | None = None
+        for offset, ch, line, column in marks:
+            if offset >= stop:
+                break
+            if ch == opener:
+                stack.append((offset, line, column))
+            elif stack:
+                last_close = (line, column, stack.pop())
+        if opened > closed:
+            if stack and (at_end or terminal in accepted or (opener == "{" and top_level)):
+                unclosed.append((stack[-1][0], opener, stack[-1][1], stack[-1][2]))
+            continue
+        if token is not None and token.type == terminal and not stack:
+            return (
+                f"unmatched '{closer}'",
+                token.line,
+                token.column,
+                f"remove it or add the matching '{opener}'",
+            )
+        if opener == "{" and top_level and last_close is not None:
+            line, column, (_, open_line, open_column) = last_close
+            return (
+                "unmatched '}'",
+                line,
+                column,
+                f"it ends the block opened at line {open_line}, column {open_column} too "
+                f"early, leaving {where} outside it; remove it or add the matching '{{'",
+            )
+    if not unclosed:
         return None
-    line, column, (open_line, open_column) = last_close
+    _, opener, line, column = max(unclosed)  # the innermost: opened last
+    closer = _CLOSERS[opener][0]
+    what = "this block" if opener == "{" else "it"
     return (
-        "unmatched '}'",
+        f"'{opener}' is never closed",
         line,
         column,
-        f"it ends the block opened at line {open_line}, column {open_column} too early, "
-        f"leaving {where} outside it; remove it or add the matching '{{'",
+        f"add the matching '{closer}' to end {what} (before {where})",
     )
