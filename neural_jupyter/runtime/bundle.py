@@ -15,12 +15,20 @@ from typing import Any
 
 import numpy as np
 
-from neural_jupyter.codegen.pytorch_training import generate_training_script
+from neural_jupyter.codegen import keras_training, pytorch_training
 from neural_jupyter.dsl.spec import LayerSpec, NetworkSpec
 from neural_jupyter.errors import ConfigurationError
 from neural_jupyter.runtime.data import Dataset
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+REQUIREMENTS = {
+    "pytorch": "numpy\ntorch>=2.1\n",
+    "keras": (
+        "numpy\nkeras>=3\n"
+        "# Keras also needs a backend: install one of tensorflow, jax or torch\n"
+        "# (train.py uses KERAS_BACKEND, else the first of them that is installed).\n"
+    ),
+}
 BUNDLE_FILES = ("train.py", "job.json", "data.npz", "model.neural", "spec.json", "requirements.txt")
 
 
@@ -56,6 +64,10 @@ class RunSettings:
         )
         given = {key: value for key, value in overrides.items() if value is not None}
         return replace(settings, **given).checked()
+
+    def public(self) -> dict[str, Any]:
+        """The settings as stored in the job store (without free-form extras)."""
+        return {k: v for k, v in asdict(self).items() if k != "extra"}
 
     def checked(self) -> RunSettings:
         for name, value, low in (("epochs", self.epochs, 1), ("batch_size", self.batch_size, 1)):
@@ -119,11 +131,14 @@ def build_bundle(
     backend: str = "pytorch",
 ) -> Bundle:
     """Write a complete bundle into ``directory`` (created) and return it."""
-    if backend != "pytorch":
+    generators = {
+        "pytorch": pytorch_training.generate_training_script,
+        "keras": keras_training.generate_training_script,
+    }
+    if backend not in generators:
         raise ConfigurationError(
-            "training is generated for PyTorch only in this version; the Keras backend "
-            "compiles and builds models but cannot train them yet",
-            hint="compile with --backend pytorch to train",
+            f"no training script generator for backend {backend!r}",
+            hint="compile with --backend pytorch or --backend keras to train",
         )
     directory.mkdir(parents=True, exist_ok=True)
     job = {
@@ -135,11 +150,12 @@ def build_bundle(
         **{k: v for k, v in asdict(settings).items() if k != "extra"},
         **settings.extra,
     }
-    (directory / "train.py").write_text(generate_training_script(spec), encoding="utf-8")
+    (directory / "train.py").write_text(generators[backend](spec), encoding="utf-8")
     (directory / "job.json").write_text(json.dumps(job, indent=2), encoding="utf-8")
     np.savez(directory / "data.npz", **dataset.arrays())
     (directory / "model.neural").write_text(spec.source, encoding="utf-8")
     summary = spec_summary(spec, backend)
     (directory / "spec.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    (directory / "requirements.txt").write_text("numpy\ntorch>=2.1\n", encoding="utf-8")
+    requirements = REQUIREMENTS[backend]
+    (directory / "requirements.txt").write_text(requirements, encoding="utf-8")
     return Bundle(directory, job)
