@@ -270,6 +270,9 @@ class WidgetMonitor(MonitorBase):
             "<pre class='neural-log' style='max-height:14em;overflow:auto;font-size:11px;"
             f"margin:0'>{lines}</pre>"
         )
+        if state == "SUCCEEDED":
+            self.epoch_bar.value = self.epoch_bar.max
+            self.batch_bar.value = self.batch_bar.max
         if state != "RUNNING":
             self.cancel_button.disabled = True
             self.detach_button.disabled = True
