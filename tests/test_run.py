@@ -144,7 +144,7 @@ def test_timeout_stops_the_job(neural_home):
 
 
 def test_failure_raises_jobfailed_with_stderr_and_dsl_line(neural_home, monkeypatch):
-    from neural_jupyter.runtime import bundle as bundle_module
+    from neural_jupyter.codegen import pytorch_training as bundle_module
 
     original = bundle_module.generate_training_script
 

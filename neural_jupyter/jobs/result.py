@@ -44,17 +44,24 @@ class TrainingRun:
         )
 
     def model(self) -> Any:
-        """The trained framework model (weights loaded, in eval mode)."""
-        import torch
-
+        """The trained framework model (weights loaded; PyTorch models in eval mode)."""
         from neural_jupyter.compiler import compile_file
 
+        framework = self.config.get("framework", "pytorch")
         compiled = compile_file(
             self.directory / "model.neural",
+            framework,
             network=self.model_name,
             hparams=self.config.get("hparams") or None,
         )
         network = compiled.build()
+        if framework == "keras":
+            weights = self.artifacts.get("weights",
+                                         self.directory / "output" / "model.weights.h5")
+            network.load_weights(str(weights))
+            return network
+        import torch
+
         weights = self.artifacts.get("weights", self.directory / "output" / "model.pt")
         network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         network.eval()
