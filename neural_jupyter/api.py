@@ -174,6 +174,7 @@ def cancel(job_id: str, store: JobStore | None = None) -> Job:
 
 # --- remote submission -------------------------------------------------------------------------
 COST_CONFIRM_THRESHOLD = 5.0  # USD; above it a submit needs yes=True (--yes) or a click
+PAID_PLATFORMS = frozenset({"sagemaker", "vertex", "azureml", "databricks"})
 
 
 def data_fingerprint(dataset: data_module.Dataset) -> str:
@@ -340,6 +341,18 @@ def submit(
     )
     if dry_run:
         return plan
+    if (
+        plan.existing_job is None
+        and plan.cost is None
+        and platform in PAID_PLATFORMS
+        and instance
+        and not yes
+    ):
+        raise ConfigurationError(
+            f"no list price is known for {instance} on {platform}, so the cost cannot be "
+            "checked against the confirmation threshold",
+            hint="add --yes (yes=True) to submit anyway",
+        )
     if plan.existing_job is None and plan.cost and plan.cost.total_usd > confirm_above and not yes:
         raise ConfigurationError(
             f"this job may cost up to ${plan.cost.total_usd:.2f} ({plan.cost}), above the "

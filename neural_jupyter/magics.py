@@ -210,6 +210,12 @@ class NeuralMagics(Magics, Configurable):
     @argument("model", metavar="MODEL", help="A compiled model in the notebook.")
     @argument("--platform", help="ssh, sagemaker, ...; without it, the submission panel opens.")
     @argument("--host", help="SSH: a ~/.ssh/config alias or user@host:port.")
+    @argument(
+        "--trust-new-host",
+        action="store_true",
+        help="SSH: accept and remember an unknown host key (off by default: unknown hosts "
+        "are refused).",
+    )
     @argument("--instance", help="Instance type, e.g. ml.g5.xlarge.")
     @argument("--gpus", type=int, help="Number of GPUs.")
     @argument("--gpu-type", help="GPU model where the platform lets you choose.")
@@ -260,6 +266,8 @@ class NeuralMagics(Magics, Configurable):
         extra = dict(_key_value(item) for item in args.settings)
         if args.host:
             extra["host"] = args.host
+        if args.trust_new_host:
+            extra["trust_new_host"] = True
         result = api.submit(
             model,
             args.data,

@@ -28,7 +28,12 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         r"\1\2" + MASK,
     ),
     # Authorization headers
-    (re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + MASK),
+    # (the value must look like a credential — 16+ characters with a digit — so prose such
+    # as "security token included in the request" is left alone)
+    (
+        re.compile(r"(?i)\b(bearer|basic|token)\s+(?=[A-Za-z._~+/=-]*\d)[A-Za-z0-9._~+/=-]{16,}"),
+        r"\1 " + MASK,
+    ),
     # user:password@host in URLs
     (re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^/\s:@]+):([^@\s/]+)@"), r"\1:" + MASK + "@"),
     # PEM private keys

@@ -249,7 +249,10 @@ class Backend(abc.ABC):
         if not resources.instance_type:
             return None
         hours = resources.max_runtime_hours or 1.0
-        return estimate(self.name, resources.instance_type, hours, spot=resources.spot)
+        try:
+            return estimate(self.name, resources.instance_type, hours, spot=resources.spot)
+        except ConfigurationError:
+            return None  # no list price known; submit() then asks for an explicit --yes
 
     def plan(self, job: RemoteJob, resources: ResourceSpec) -> dict[str, Any]:
         """The request ``submit`` would send, for ``--dry-run`` (nothing is sent)."""

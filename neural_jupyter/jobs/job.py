@@ -16,7 +16,7 @@ from typing import Any
 
 from neural_jupyter.backends import get_backend
 from neural_jupyter.backends.base import Backend, RemoteJob, RemoteStatus, StreamItem
-from neural_jupyter.errors import JobCancelled, JobError, JobFailed, JobTimeout
+from neural_jupyter.errors import JobCancelled, JobError, JobFailed, JobTimeout, NeuralError
 from neural_jupyter.jobs.result import TrainingRun
 from neural_jupyter.jobs.store import JobRecord, JobStatus, JobStore
 from neural_jupyter.jobs.tracker import Tracker
@@ -109,14 +109,42 @@ class Job:
         remote = self.backend.status(self.remote())
         if not remote.is_terminal:  # the stream ended early (e.g. a lost connection)
             remote = self._await_terminal()
+        if not remote.is_terminal:
+            self.record = self.store.set_status(self.id, "UNKNOWN", error=remote.message)
+            raise JobError(
+                f"lost track of job {self.id}: {remote.message or 'no answer'}",
+                job_id=self.id,
+                hint=f"it may still be running: %neural_attach {self.id} later",
+            )
         self.tracker.finish(remote)
+        self._fetch_artifacts(remote)
         self.record = self.store.get(self.id)
 
-    def _await_terminal(self, poll: float = 0.5) -> RemoteStatus:
+    def _fetch_artifacts(self, remote: RemoteStatus) -> None:
+        """Bring a finished remote job's outputs next to its bundle (local jobs have them)."""
+        if remote.state != "SUCCEEDED" or self.record.backend == "local":
+            return
+        output = self.bundle_dir / "output"
+        if (output / "history.json").exists():
+            return
+        try:
+            self.backend.fetch_artifacts(self.remote(), output)
+        except NeuralError as exc:
+            self.tracker.stderr_tail.append(f"artifacts not fetched: {exc}")
+
+    def _await_terminal(self, poll: float = 0.5, patience: float = 600.0) -> RemoteStatus:
+        """Poll until the job ends; give up (UNKNOWN) after ``patience`` s of no answer."""
+        unknown_since: float | None = None
         while True:
             remote = self.backend.status(self.remote())
             if remote.is_terminal:
                 return remote
+            if remote.state == "UNKNOWN":
+                unknown_since = unknown_since or time.monotonic()
+                if time.monotonic() - unknown_since > patience:
+                    return remote
+            else:
+                unknown_since = None
             time.sleep(poll)
 
     @property

@@ -129,7 +129,7 @@ class TextMonitor(MonitorBase):
         self.stream.flush()
 
     def feed(self, item: Event | LogLine | None) -> None:
-        if isinstance(item, LogLine) and item.stream == "stderr":
+        if isinstance(item, LogLine) and item.stream == "stderr" and item.text.strip():
             self.write(f"  | {redact(item.text)}")
         super().feed(item)
 
@@ -159,6 +159,8 @@ class TextMonitor(MonitorBase):
                     f"  epoch {p.epoch + 1}/{p.epochs} batch {p.batch}/{p.batches} "
                     f"loss {p.batch_loss:.4f}"
                 )
+        elif event.kind == "status" and event.get("message"):
+            self.write(f"  · {redact(str(event.get('message')))}")
         elif event.kind == "error":
             self.write(
                 f"error: {redact(str(event.get('type')))}: {redact(str(event.get('message')))}"
