@@ -13,7 +13,8 @@ from typing import Any
 
 from neural_jupyter.codegen import keras as keras_codegen
 from neural_jupyter.codegen import pytorch as pytorch_codegen
-from neural_jupyter.dsl import analyze, parse
+from neural_jupyter.dsl import analyze
+from neural_jupyter.dsl.parser import parse_cached
 from neural_jupyter.dsl.spec import NetworkSpec
 from neural_jupyter.errors import ConfigurationError, MissingDependencyError
 from neural_jupyter.ui.summary import ModelSummary
@@ -50,7 +51,7 @@ def compile_model(
     ``DSLValidationError`` with line, column and a caret snippet.
     """
     backend = check_backend(backend)
-    program = parse(source, source_name)
+    program = parse_cached(source, source_name)
     spec = analyze(program, network, hparams)
     return CompiledModel(spec, backend)
 
@@ -60,7 +61,7 @@ def compile_all(
 ) -> list[CompiledModel]:
     """Compile every network defined in ``source`` (in order)."""
     backend = check_backend(backend)
-    program = parse(source, source_name)
+    program = parse_cached(source, source_name)
     if not program.networks:
         analyze(program)  # raises the "no network is defined" error with its place
     return [CompiledModel(analyze(program, node.name), backend) for node in program.networks]

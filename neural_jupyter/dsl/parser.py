@@ -30,6 +30,17 @@ def _parser() -> Lark:
     return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=False)
 
 
+@functools.lru_cache(maxsize=64)
+def parse_cached(source: str, source_name: str = "<cell>") -> ir.Program:
+    """``parse`` with a small cache: the IR is immutable, and notebooks and sweeps compile
+    the same source over and over (re-run cells, one compile per trial)."""
+    return parse(source, source_name)
+
+
+def clear_cache() -> None:
+    parse_cached.cache_clear()
+
+
 def parse(source: str, source_name: str = "<cell>") -> ir.Program:
     """Parse model-language ``source`` into an ``ir.Program``.
 
