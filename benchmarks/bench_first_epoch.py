@@ -330,6 +330,18 @@ def report(result: dict[str, Any]) -> str:
     return text
 
 
+def git_state() -> dict[str, Any]:
+    """The checkout measured: HEAD and the package files changed since (results depend on them)."""
+
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+        return proc.stdout
+
+    changed = git("status", "--porcelain", "--", "neural_jupyter").splitlines()
+    head = git("rev-parse", "--short", "HEAD").strip()
+    return {"head": head, "changed": [line[3:] for line in changed if line.strip()]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=7, help="fresh kernels (2 runs each)")
@@ -338,7 +350,8 @@ def main() -> None:
     result = run(args.repeats)
     print(report(result))
     path = write_json(
-        RESULTS_DIR / "first_epoch.json", {"machine": machine_info(), "first_epoch": result}
+        RESULTS_DIR / "first_epoch.json",
+        {"machine": machine_info(), "git": git_state(), "first_epoch": result},
     )
     print(f"\nwrote {path.relative_to(REPO_ROOT)}")
     if args.check and not result["meets_target_cold_overhead"]:

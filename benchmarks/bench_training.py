@@ -355,6 +355,18 @@ def report(result: dict[str, Any]) -> str:
     return text
 
 
+def git_state() -> dict[str, Any]:
+    """The checkout measured: HEAD and the package files changed since (results depend on them)."""
+
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+        return proc.stdout
+
+    changed = git("status", "--porcelain", "--", "neural_jupyter").splitlines()
+    head = git("rev-parse", "--short", "HEAD").strip()
+    return {"head": head, "changed": [line[3:] for line in changed if line.strip()]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=20000, help="synthetic 28x28x1 samples")
@@ -370,7 +382,8 @@ def main() -> None:
     result = run(args.samples, args.epochs, args.rounds, args.threads)
     print(report(result))
     path = write_json(
-        RESULTS_DIR / "training.json", {"machine": machine_info(), "training": result}
+        RESULTS_DIR / "training.json",
+        {"machine": machine_info(), "git": git_state(), "training": result},
     )
     print(f"\nwrote {path.relative_to(REPO_ROOT)}")
     if args.check and not result["meets_target"]:

@@ -232,6 +232,7 @@ def test_widget_log_tail_is_escaped_redacted_and_bounded():
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; done" in log
     assert "<script>" not in log
     assert "plain print: ****" in log
+    assert log in widget_strings(view) and view.header.value in widget_strings(view)
     for value in widget_strings(view):
         assert SECRET not in value
     assert all(SECRET not in text for text in view.log)
