@@ -51,22 +51,32 @@ _lock = threading.Lock()
 _secrets: set[str] = set()
 
 
+# Every pattern above needs one of these substrings; one search rules out most lines, so
+# redacting a log stream costs little (monitors see millions of lines).
+_TRIGGERS = ("akia", "asia", "token", "secret", "passw", "api_key", "api-key", "apikey",
+             "bearer", "basic", "://", "private key", "ghp", "gho", "ghs", "dapi", "xox")
+_sorted_secrets: list[str] = []
+
+
 def register_secret(value: str | None) -> None:
     """Remember a secret value so every later redaction masks it (values < 4 chars ignored)."""
+    global _sorted_secrets
     if value and len(value) >= 4:
         with _lock:
             _secrets.add(value)
+            _sorted_secrets = sorted(_secrets, key=len, reverse=True)
 
 
 def redact(text: str) -> str:
     """Return ``text`` with registered secrets and secret-looking patterns masked."""
     if not text:
         return text
-    with _lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
+    for secret in _sorted_secrets:
         if secret in text:
             text = text.replace(secret, MASK)
+    lowered = text.lower()
+    if not any(trigger in lowered for trigger in _TRIGGERS):
+        return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
