@@ -53,13 +53,18 @@ def process_start_time(pid: int) -> str | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a finished but unreaped (zombie) process counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
 
 
 class LocalBackend(Backend):

@@ -191,6 +191,13 @@ class Sweep:
                 trial.attempt = attempt
                 return None
             job = Job(record, self.store)
+            if record.remote_id is None and not record.status.is_terminal:
+                # created but never handed to the backend: the coordinator stopped in between
+                self.store.set_status(
+                    record.id, JobStatus.FAILED, error="never started (the sweep was interrupted)"
+                )
+                attempt += 1
+                continue
             status = job.refresh().status
             if status in REUSABLE or status in ATTACHABLE:
                 trial.attempt = attempt
