@@ -19,7 +19,8 @@ never stored, logged or put in a job's details.
 
 A provider is a small class (``launch``, ``describe``, ``terminate``, optionally ``find``);
 ``GenericProvider`` speaks the simple REST API below, and Lambda or Paperspace providers can
-be added to ``PROVIDERS`` the same way.
+be added to ``PROVIDERS`` the same way (``ssh_providers`` adds ``lambda`` and
+``paperspace``).
 """
 
 from __future__ import annotations
@@ -90,8 +91,11 @@ EXTRA_KEYS = frozenset(
         "poll_seconds",
         "hourly_price",
         "shutdown_command",
+        "template_id",
+        "disk_size",
     }
 )
+PROVIDER_OPTIONS = ("template_id", "disk_size")  # passed to a provider in settings.options
 
 
 # --- providers ------------------------------------------------------------------------------
@@ -388,6 +392,7 @@ class InstanceSettings:
     shutdown_command: str = DEFAULT_SHUTDOWN
     max_hours: float | None = None
     max_seconds: float | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_resources(cls, resources: ResourceSpec) -> InstanceSettings:
@@ -434,6 +439,10 @@ class InstanceSettings:
             shutdown_command=str(extra.get("shutdown_command") or DEFAULT_SHUTDOWN),
             max_hours=resources.max_runtime_hours,
             max_seconds=resources.max_seconds,
+            options={
+                **({"disk_size": resources.disk_gb} if resources.disk_gb else {}),
+                **{k: extra[k] for k in PROVIDER_OPTIONS if extra.get(k) is not None},
+            },
         )
 
     def public(self) -> dict[str, Any]:
@@ -459,7 +468,9 @@ def provider_token(provider: str) -> str:
 
 
 def make_provider(settings: InstanceSettings) -> InstanceProvider:
-    return PROVIDERS[settings.provider](settings, provider_token(settings.provider))
+    cls = PROVIDERS[settings.provider]
+    token_source = getattr(cls, "api_token", None)  # a provider's own env var, then ours
+    return cls(settings, token_source() if token_source else provider_token(settings.provider))
 
 
 def instance_name(idempotency_key: str) -> str:
@@ -839,3 +850,8 @@ def plan(resources: ResourceSpec) -> dict[str, Any]:
             "it fails, and when this Python process exits",
         },
     }
+
+
+# Lambda Cloud and Paperspace: ssh_providers imports this module and adds its classes to
+# PROVIDERS when imported, so it comes last
+from neural_jupyter.backends import ssh_providers  # noqa: E402, F401
