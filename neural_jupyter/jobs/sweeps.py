@@ -232,7 +232,7 @@ class Sweep:
             trial.error = record.error
             history = self._history(job)
             trial.metric = best_of(history, self.metric, self.mode)
-            if trial.status == "SUCCEEDED":
+            if trial.status == "SUCCEEDED" and not trial.reused:
                 self._store_artifacts(trial, job)
         except Pruned:
             trial.status = "PRUNED"
