@@ -473,13 +473,23 @@ def test_settings_are_checked_with_suggestions(cloud):
         gpus=4,
         max_hours=1,
         region="eu-west-1",
-        extra={"instance_count": 2, "bucket": BUCKET},
+        extra={"bucket": BUCKET},
     )
     request = plan.request["CreateTrainingJob"]
     assert request["ResourceConfig"]["InstanceType"] == "ml.g5.12xlarge"
-    assert request["ResourceConfig"]["InstanceCount"] == 2
+    assert request["ResourceConfig"]["InstanceCount"] == 1
     assert ".eu-west-1.amazonaws.com/" in request["AlgorithmSpecification"]["TrainingImage"]
-    assert plan.cost.hourly_usd == pytest.approx(2 * 7.09)
+    assert plan.cost.hourly_usd == pytest.approx(7.09)
+    # several instances would each train the same single-machine script: refused
+    with pytest.raises(ConfigurationError, match="multi-instance training is not supported"):
+        api.submit(
+            SMALL,
+            "digits",
+            platform="sagemaker",
+            dry_run=True,
+            max_hours=1,
+            extra={"instance_count": 2, "bucket": BUCKET},
+        )
     assert cloud.fake.requests == []
 
 

@@ -789,6 +789,14 @@ class SageMakerBackend(Backend):
                 raise ConfigurationError(f"'{bucket}' is not an S3 bucket name")
         prefix = str(extra.get("prefix") or S3_PREFIX).strip("/")
         image = extra.get("image")
+        if (_positive(extra, "instance_count", int) or 1) > 1:
+            # Each instance would run the same single-process train.py on its own: N times the
+            # bill for one model. Refused until bundles launch with torchrun.
+            raise ConfigurationError(
+                "multi-instance training is not supported yet: the generated train.py trains "
+                "on one machine",
+                hint="use one instance with more GPUs (e.g. ml.g5.12xlarge) instead",
+            )
         return SageMakerConfig(
             region=region,
             role=role,
