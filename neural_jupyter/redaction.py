@@ -53,8 +53,25 @@ _secrets: set[str] = set()
 
 # Every pattern above needs one of these substrings; one search rules out most lines, so
 # redacting a log stream costs little (monitors see millions of lines).
-_TRIGGERS = ("akia", "asia", "token", "secret", "passw", "api_key", "api-key", "apikey",
-             "bearer", "basic", "://", "private key", "ghp", "gho", "ghs", "dapi", "xox")
+_TRIGGERS = (
+    "akia",
+    "asia",
+    "token",
+    "secret",
+    "passw",
+    "api_key",
+    "api-key",
+    "apikey",
+    "bearer",
+    "basic",
+    "://",
+    "private key",
+    "ghp",
+    "gho",
+    "ghs",
+    "dapi",
+    "xox",
+)
 _sorted_secrets: list[str] = []
 
 

@@ -93,7 +93,7 @@ def test_train_from_notebook_arrays_with_validation_set(ip, neural_home):
     ip.ns.update(X=x[:150], Y=y[:150], XV=x[150:], YV=y[150:])
     ip.run(
         "%%neural_compile --show none\n"
-        "network Binary { input: (4,) layers: Dense(16, \"relu\") Output(1, \"sigmoid\") "
+        'network Binary { input: (4,) layers: Dense(16, "relu") Output(1, "sigmoid") '
         'loss: "binary_crossentropy" optimizer: Adam(learning_rate=0.05) metrics: ["accuracy"] '
         "train { epochs: 15 batch_size: 16 } }"
     )
@@ -213,14 +213,20 @@ def test_training_script_resumes_from_its_checkpoint(neural_home, tmp_path):
     spec = compile_model(DIGITS).spec
     settings = RunSettings.from_spec(spec, epochs=2)
     bundle = build_bundle(spec, digits(spec), tmp_path / "b", settings, job_id="t1")
-    first = subprocess.run([sys.executable, "train.py"], cwd=bundle.path, capture_output=True,
-                           text=True, check=True)
+    first = subprocess.run(
+        [sys.executable, "train.py"], cwd=bundle.path, capture_output=True, text=True, check=True
+    )
     assert first.stdout.count('"event": "epoch"') == 2
     job = json.loads((bundle.path / "job.json").read_text())
     job["epochs"] = 4
     (bundle.path / "job.json").write_text(json.dumps(job))
-    second = subprocess.run([sys.executable, "train.py", "--resume"], cwd=bundle.path,
-                            capture_output=True, text=True, check=True)
+    second = subprocess.run(
+        [sys.executable, "train.py", "--resume"],
+        cwd=bundle.path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     events = [json.loads(line) for line in second.stdout.splitlines() if line.startswith("{")]
     assert events[0]["event"] == "start" and events[0]["resumed_from"] == 2
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [3, 4]

@@ -90,7 +90,7 @@ def test_prices_and_platform_comparison():
     cost = estimate_cost("sagemaker", "ml.g5.xlarge", hours=3)
     assert cost.total_usd == pytest.approx(3 * cost.hourly_usd)
     assert cost.date and cost.source.startswith("https://")
-    with pytest.raises(ConfigurationError, match="did you mean 'ml.g5.xlarge'"):
+    with pytest.raises(ConfigurationError, match=r"did you mean 'ml\.g5\.xlarge'"):
         estimate_cost("sagemaker", "ml.g5.xlarg")
     table = compare_platforms(gpus=1, hours=2)
     totals = [row["total_usd"] for row in table]
@@ -142,8 +142,9 @@ def test_third_party_backend_registers_by_entry_point(plugin):
 
 
 def test_dry_run_sends_nothing_and_shows_request_and_cost(plugin, neural_home):
-    plan = api.submit(SMALL, "digits", platform="fakecloud", instance="big", max_hours=2,
-                      dry_run=True)
+    plan = api.submit(
+        SMALL, "digits", platform="fakecloud", instance="big", max_hours=2, dry_run=True
+    )
     assert plugin.FakeCloud.submits == []
     assert JobStore().list() == []
     assert plan.cost.total_usd == pytest.approx(8.0)
@@ -155,23 +156,24 @@ def test_cost_threshold_needs_yes_and_resubmit_is_idempotent(plugin, neural_home
     with pytest.raises(ConfigurationError, match=r"may cost up to \$8.00"):
         api.submit(SMALL, "digits", platform="fakecloud", max_hours=2, monitor="none")
     assert plugin.FakeCloud.submits == [] and JobStore().list() == []
-    first = api.submit(SMALL, "digits", platform="fakecloud", max_hours=2, yes=True,
-                       monitor="none")
+    first = api.submit(SMALL, "digits", platform="fakecloud", max_hours=2, yes=True, monitor="none")
     assert first.status == "SUCCEEDED"
-    again = api.submit(SMALL, "digits", platform="fakecloud", max_hours=2, yes=True,
-                       monitor="none")
+    again = api.submit(SMALL, "digits", platform="fakecloud", max_hours=2, yes=True, monitor="none")
     assert again.job_id == first.job_id
     assert "already submitted" in capsys.readouterr().out
     assert len(plugin.FakeCloud.submits) == 1
-    other = api.submit(SMALL, "digits", platform="fakecloud", max_hours=2, yes=True, new=True,
-                       monitor="none")
+    other = api.submit(
+        SMALL, "digits", platform="fakecloud", max_hours=2, yes=True, new=True, monitor="none"
+    )
     assert other.job_id != first.job_id and len(plugin.FakeCloud.submits) == 2
 
 
 def test_submit_magic_dry_run_and_text_panel(ip, plugin, neural_home, capsys):
     ip.run(f"%%neural_compile --show none\n{SMALL}")
-    plan = ip.run("%neural_submit Small --platform fakecloud --data digits --max-hours 1 "
-                  "--set region=eu --dry-run")
+    plan = ip.run(
+        "%neural_submit Small --platform fakecloud --data digits --max-hours 1 "
+        "--set region=eu --dry-run"
+    )
     assert plan.request["CreateJob"]["resources"]["extra.region"] == "eu"
     ip.run("%neural_submit Small --data digits")
     out = capsys.readouterr().out
@@ -223,14 +225,33 @@ def test_secrets_never_leak(plugin, neural_home, monkeypatch, capsys):
         monkeypatch.setenv(key, value)
     password = "hunter2-very-secret-password"
     texts = []
-    plan = api.submit(SMALL, "digits", platform="fakecloud", max_hours=1, dry_run=True,
-                      extra={"password": password, "region": "eu"})
+    plan = api.submit(
+        SMALL,
+        "digits",
+        platform="fakecloud",
+        max_hours=1,
+        dry_run=True,
+        extra={"password": password, "region": "eu"},
+    )
     texts.append(str(plan))
-    run = api.submit(SMALL, "digits", platform="fakecloud", max_hours=1, yes=True,
-                     extra={"password": password}, monitor="text")
+    run = api.submit(
+        SMALL,
+        "digits",
+        platform="fakecloud",
+        max_hours=1,
+        yes=True,
+        extra={"password": password},
+        monitor="text",
+    )
     with pytest.raises(ConfigurationError) as caught:
-        api.submit(SMALL, "digits", platform="fakecloud", max_hours=100, monitor="none",
-                   extra={"password": password})
+        api.submit(
+            SMALL,
+            "digits",
+            platform="fakecloud",
+            max_hours=100,
+            monitor="none",
+            extra={"password": password},
+        )
     texts.append(str(caught.value))
     texts.append("".join(caught.value._render_traceback_()))
     captured = capsys.readouterr()

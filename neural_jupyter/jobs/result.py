@@ -56,8 +56,7 @@ class TrainingRun:
         )
         network = compiled.build()
         if framework == "keras":
-            weights = self.artifacts.get("weights",
-                                         self.directory / "output" / "model.weights.h5")
+            weights = self.artifacts.get("weights", self.directory / "output" / "model.weights.h5")
             network.load_weights(str(weights))
             return network
         import torch
