@@ -39,7 +39,6 @@ import hashlib
 import io
 import os
 import re
-import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -396,7 +395,7 @@ class DatabricksBackend(Backend):
     def submit(self, bundle: Bundle, job: RemoteJob, resources: ResourceSpec) -> Submission:
         place = self.place(job, resources)
         client = self._client(place)
-        self.upload(client, place, "bundle.tar.gz", _archive(bundle.path))
+        self.upload(client, place, "bundle.tar.gz", bundle.archive(compresslevel=1))
         self.upload(client, place, "launch.py", LAUNCHER.encode())
         user = None
         if not resources.extra.get("cluster_id"):
@@ -607,15 +606,6 @@ def _read_all(client: Any, path: str) -> bytes:
         while chunk := stream.read(1 << 20):
             chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _archive(directory: Path) -> bytes:
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w:gz", compresslevel=1) as tar:
-        for path in sorted(directory.iterdir()):
-            if path.name != "output":
-                tar.add(path, arcname=path.name)
-    return data.getvalue()
 
 
 def cloud_of(host: str | None) -> str:

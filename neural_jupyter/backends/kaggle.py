@@ -29,12 +29,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import io
 import json
 import os
 import queue
 import re
-import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -146,21 +144,7 @@ def kernel_script(bundle: Bundle, archive: bytes) -> str:
 
 
 def pack_bundle(bundle: Bundle, with_data: bool = True) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as archive:
-        for path in sorted(bundle.path.rglob("*")):
-            relative = path.relative_to(bundle.path)
-            if not path.is_file() or relative.parts[0] == "output":
-                continue
-            if not with_data and str(relative) == "data.npz":
-                continue
-            info = archive.gettarinfo(str(path), arcname=str(relative))
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            info.mtime = 0
-            with path.open("rb") as handle:
-                archive.addfile(info, handle)
-    return buffer.getvalue()
+    return bundle.archive(exclude=() if with_data else ("data.npz",))
 
 
 def _flag(extra: Mapping[str, Any], name: str, default: bool) -> bool:

@@ -24,11 +24,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import io
 import json
 import queue
 import re
-import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -147,19 +145,7 @@ def job_name_for(key: str) -> str:
 
 def pack_bundle(bundle: Bundle) -> bytes:
     """The bundle's files as a gzipped tar (outputs of earlier runs left out)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as archive:
-        for path in sorted(bundle.path.rglob("*")):
-            relative = path.relative_to(bundle.path)
-            if not path.is_file() or relative.parts[0] == "output":
-                continue
-            info = archive.gettarinfo(str(path), arcname=str(relative))
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            info.mtime = 0
-            with path.open("rb") as handle:
-                archive.addfile(info, handle)
-    return buffer.getvalue()
+    return bundle.archive()
 
 
 def _number(extra: Mapping[str, Any], name: str, default: float) -> float:

@@ -36,7 +36,6 @@ import io
 import json
 import os
 import re
-import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -519,11 +518,7 @@ class VertexBackend(Backend):
 
     def upload_bundle(self, bundle: Bundle, place: Place) -> str:
         """The bundle as one ``.tar.gz`` object; returns its ``gs://`` URI."""
-        data = io.BytesIO()
-        with tarfile.open(fileobj=data, mode="w:gz", compresslevel=1) as tar:
-            for path in sorted(bundle.path.iterdir()):
-                if path.name != "output":
-                    tar.add(path, arcname=path.name)
+        data = io.BytesIO(bundle.archive(compresslevel=1))
         blob = self._storage(place).bucket(place.bucket).blob(place.object_name("bundle.tar.gz"))
 
         def upload() -> None:

@@ -8,7 +8,9 @@ environment value is ever written into it.
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,25 @@ class Bundle:
     @property
     def train_script(self) -> Path:
         return self.path / "train.py"
+
+    def archive(self, exclude: tuple[str, ...] = (), compresslevel: int = 6) -> bytes:
+        """The bundle as a reproducible ``.tar.gz`` (owners and times zeroed), without the
+        outputs of earlier runs and without the files named in ``exclude``."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=compresslevel) as tar:
+            for path in sorted(self.path.rglob("*")):
+                relative = path.relative_to(self.path)
+                if not path.is_file() or relative.parts[0] == "output":
+                    continue
+                if str(relative) in exclude:
+                    continue
+                info = tar.gettarinfo(str(path), arcname=str(relative))
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mtime = 0
+                with path.open("rb") as handle:
+                    tar.addfile(info, handle)
+        return buffer.getvalue()
 
 
 def layer_summary(layer: LayerSpec, backend: str) -> dict[str, Any]:
