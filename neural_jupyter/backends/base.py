@@ -9,12 +9,13 @@ what they report into job-store updates.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from neural_jupyter.errors import ConfigurationError
+from neural_jupyter.errors import ConfigurationError, NeuralError
 from neural_jupyter.redaction import MASK, register_secret
 from neural_jupyter.runtime.bundle import Bundle
 from neural_jupyter.runtime.events import Event, LogLine
@@ -237,6 +238,24 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def cancel(self, job: RemoteJob) -> None:
         """Stop the job for good (the whole process tree / the paid instance)."""
+
+    def fetch_after_success(self, job: RemoteJob) -> Iterator[StreamItem]:
+        """Bring a succeeded job's outputs next to its bundle, told as status events."""
+        try:
+            fetched = self.fetch_artifacts(job, job.directory / "bundle" / "output")
+        except NeuralError as exc:
+            yield Event("status", {"message": f"could not download the outputs: {exc.message}"})
+            return
+        if fetched:
+            yield Event("status", {"message": f"downloaded {len(fetched)} output file(s)"})
+
+    @staticmethod
+    def heartbeats(seconds: float, step: float) -> Iterator[None]:
+        """``None`` every ``step`` seconds for ``seconds`` (a poll wait callers can interrupt)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            yield None
+            time.sleep(min(step, max(0.0, deadline - time.monotonic())))
 
     def fetch_artifacts(self, job: RemoteJob, destination: Path) -> dict[str, Path]:
         """Copy the job's output files under ``destination``; name -> local path."""

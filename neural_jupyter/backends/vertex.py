@@ -37,7 +37,6 @@ import json
 import os
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -575,21 +574,9 @@ class VertexBackend(Backend):
             if status.is_terminal or not follow:
                 yield from logs.finish()
                 if status.state == SUCCEEDED:
-                    yield from self._fetch_after_success(job)
+                    yield from self.fetch_after_success(job)
                 return
-            deadline = time.monotonic() + self.POLL_SECONDS
-            while time.monotonic() < deadline:
-                yield None
-                time.sleep(min(self.HEARTBEAT_SECONDS, max(0.0, deadline - time.monotonic())))
-
-    def _fetch_after_success(self, job: RemoteJob) -> Iterator[StreamItem]:
-        try:
-            fetched = self.fetch_artifacts(job, job.directory / "bundle" / "output")
-        except NeuralError as exc:
-            yield Event("status", {"message": f"could not download the outputs: {exc.message}"})
-        else:
-            if fetched:
-                yield Event("status", {"message": f"downloaded {len(fetched)} output file(s)"})
+            yield from self.heartbeats(self.POLL_SECONDS, self.HEARTBEAT_SECONDS)
 
     def fetch_artifacts(self, job: RemoteJob, destination: Path) -> dict[str, Path]:
         """Every object under ``gs://.../KEY/output/`` → ``destination`` (the bundle's
