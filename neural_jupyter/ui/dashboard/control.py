@@ -39,7 +39,9 @@ class Dashboard:
         )
 
     def __repr__(self) -> str:
-        return f"<Dashboard {self.tunnel.kind}: {self.url or 'shown by Colab'}>"
+        # text output ends up in logs and saved notebooks: the token stays out of it
+        shown = self.url.replace(self.server.token, "****") if self.url else "shown by Colab"
+        return f"<Dashboard {self.tunnel.kind}: {shown} (the full URL is .url)>"
 
 
 _current: Dashboard | None = None
