@@ -23,7 +23,10 @@ agree (checked, reported as ``loss_diff``). ``interval`` is the time between con
 lines; for ours it includes the per-epoch checkpoint the hand-written loop does not write
 (information, not the target). ``cpu`` is the same span in CPU time of the child process
 (utime + stime from /proc, read as each epoch line arrives): on a shared machine it is far
-less disturbed by other processes than wall time, so it is reported beside it.
+less disturbed by other processes than wall time, so it is reported beside it, with the
+minor page faults over the same span. ``--malloc-tuned`` runs both sides with glibc's mmap and
+trim thresholds raised (``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``), which removes
+the per-step page faults of multi-MB activation buffers (results/training_malloc_tuned.json).
 
 Writes benchmarks/results/training.json.
 """
@@ -155,12 +158,21 @@ for epoch in range(1, epochs + 1):
 """
 
 
-def _env(threads: int) -> dict[str, str]:
+# glibc: serve every allocation from the heap and never give it back, so the per-step
+# activation buffers (MBs each) stop being mmap'ed, page-faulted in and munmap'ed every step
+MALLOC_TUNED = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**32)}
+
+
+def _env(threads: int, malloc_tuned: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = str(threads)
     env["PYTHONUNBUFFERED"] = "1"
+    for name in MALLOC_TUNED:
+        env.pop(name, None)
+    if malloc_tuned:
+        env.update(MALLOC_TUNED)
     return env
 
 
@@ -184,13 +196,13 @@ def make_bundles(root: Path, samples: int, epochs: int) -> dict[str, Path]:
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a live process (Linux /proc), or None elsewhere."""
+def cpu_and_faults(pid: int) -> tuple[float | None, int | None]:
+    """User + system CPU seconds and minor page faults of a live process (Linux /proc)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        return None, None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS, int(fields[7])
 
 
 def run_side(side: str, bundle: Path, env: dict[str, str]) -> dict[str, Any]:
@@ -209,7 +221,7 @@ def run_side(side: str, bundle: Path, env: dict[str, str]) -> dict[str, Any]:
         tail = []
         for line in proc.stdout:
             if line.startswith('{"event": "epoch"'):
-                cpu = cpu_seconds(proc.pid)
+                cpu, faults = cpu_and_faults(proc.pid)
                 record = json.loads(line)
                 epochs.append(
                     {
@@ -217,6 +229,7 @@ def run_side(side: str, bundle: Path, env: dict[str, str]) -> dict[str, Any]:
                         "duration": record["duration"],
                         "time": record["time"],
                         "cpu": cpu,
+                        "faults": faults,
                         "loss": record["metrics"]["loss"],
                     }
                 )
@@ -238,8 +251,10 @@ def _intervals(run: dict[str, Any], key: str) -> list[float]:
     return [b - a for a, b in itertools.pairwise(values)]
 
 
-def run(samples: int, epochs: int, rounds: int, threads: int) -> dict[str, Any]:
-    env = _env(threads)
+def run(
+    samples: int, epochs: int, rounds: int, threads: int, malloc_tuned: bool = False
+) -> dict[str, Any]:
+    env = _env(threads, malloc_tuned)
     load_before = os.getloadavg()[0]
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="nj-bench-training-") as tmp:
@@ -265,6 +280,7 @@ def run(samples: int, epochs: int, rounds: int, threads: int) -> dict[str, Any]:
                 first = [rr["epochs"][0]["duration"] for rr in side_runs]
                 intervals = [i for rr in side_runs for i in _intervals(rr, "time")]
                 cpu = [i for rr in side_runs for i in _intervals(rr, "cpu")]
+                faults = [i for rr in side_runs for i in _intervals(rr, "faults")]
                 entry[side] = {
                     "median_epoch_s": statistics.median(steady),
                     "min_epoch_s": min(steady),
@@ -272,6 +288,7 @@ def run(samples: int, epochs: int, rounds: int, threads: int) -> dict[str, Any]:
                     "median_first_epoch_s": statistics.median(first),
                     "median_interval_s": statistics.median(intervals) if intervals else None,
                     "median_cpu_interval_s": statistics.median(cpu) if cpu else None,
+                    "median_page_faults_per_epoch": statistics.median(faults) if faults else None,
                     "median_process_wall_s": statistics.median(rr["wall_s"] for rr in side_runs),
                 }
             ours, hand = entry["ours"], entry["hand"]
@@ -294,6 +311,7 @@ def run(samples: int, epochs: int, rounds: int, threads: int) -> dict[str, Any]:
         "epochs_per_run": epochs,
         "rounds": rounds,
         "threads": threads,
+        "malloc_tuned": malloc_tuned,
         "batch_size": 64,
         "target_ratio": TARGET_RATIO,
         "models": results,
@@ -305,6 +323,9 @@ def run(samples: int, epochs: int, rounds: int, threads: int) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> str:
     def ms(value: float | None) -> str:
         return f"{value * 1e3:.0f}" if value else "-"
+
+    def kilo(value: float | None) -> str:
+        return f"{value / 1e3:.0f}k" if value is not None else "-"
 
     rows = []
     for model, m in result["models"].items():
@@ -319,6 +340,8 @@ def report(result: dict[str, Any]) -> str:
                 ms(ours["median_cpu_interval_s"]),
                 ms(hand["median_cpu_interval_s"]),
                 f"{m.get('cpu_ratio', float('nan')):.3f}",
+                kilo(ours["median_page_faults_per_epoch"]),
+                kilo(hand["median_page_faults_per_epoch"]),
                 f"{m.get('interval_ratio', float('nan')):.3f}",
                 f"{m['first_epoch_ratio']:.3f}",
                 f"{m['loss_diff']:.1e}",
@@ -335,6 +358,8 @@ def report(result: dict[str, Any]) -> str:
             "ours cpu",
             "hand cpu",
             "cpu ratio",
+            "ours flt",
+            "hand flt",
             "interval",
             "1st epoch",
             "loss_diff",
@@ -344,13 +369,15 @@ def report(result: dict[str, Any]) -> str:
     )
     n = result["rounds"] * (result["epochs_per_run"] - 1)
     load = result["load_average"]
+    tuned = "both sides with glibc malloc tuned; " if result["malloc_tuned"] else ""
     text += (
         f"\nmedian epoch wall time (training + validation) over {n} epochs per side "
         f"({result['rounds']} runs x {result['epochs_per_run'] - 1}, first epoch left out), "
         f"{result['train_samples']} training samples, batch 64, {result['threads']} thread(s)"
         f"\ncpu: CPU seconds of the process between consecutive epoch lines (ours includes "
-        f"its checkpoint write); load average {load['before']:.1f} before, "
-        f"{load['after']:.1f} after"
+        f"its checkpoint write); flt: minor page faults per epoch (same span); "
+        f"{tuned}"
+        f"load average {load['before']:.1f} before, {load['after']:.1f} after"
     )
     return text
 
@@ -375,14 +402,20 @@ def main() -> None:
     ap.add_argument(
         "--threads", type=int, default=1, help="OMP_NUM_THREADS/MKL_NUM_THREADS for both sides"
     )
+    ap.add_argument(
+        "--malloc-tuned",
+        action="store_true",
+        help="run both sides with glibc's mmap/trim thresholds raised (no per-step page "
+        "faults); writes results/training_malloc_tuned.json",
+    )
     ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = ap.parse_args()
     if args.epochs < 2:
         ap.error("--epochs must be at least 2 (the first epoch is warm-up)")
-    result = run(args.samples, args.epochs, args.rounds, args.threads)
+    result = run(args.samples, args.epochs, args.rounds, args.threads, args.malloc_tuned)
     print(report(result))
     path = write_json(
-        RESULTS_DIR / "training.json",
+        RESULTS_DIR / ("training_malloc_tuned.json" if args.malloc_tuned else "training.json"),
         {"machine": machine_info(), "git": git_state(), "training": result},
     )
     print(f"\nwrote {path.relative_to(REPO_ROOT)}")
