@@ -44,7 +44,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         "-----PRIVATE KEY " + MASK + "-----",
     ),
     # GitHub / Databricks / ngrok / Slack style tokens
-    (re.compile(r"\b(ghp|gho|ghs|dapi|xox[abp])[_-]?[A-Za-z0-9]{16,}\b"), MASK),
+    (re.compile(r"\b(gh[pos]_|dapi|xox[abp]-?)[A-Za-z0-9]{16,}\b"), MASK),
 )
 
 _lock = threading.Lock()
@@ -66,9 +66,9 @@ _TRIGGERS = (
     "basic",
     "://",
     "private key",
-    "ghp",
-    "gho",
-    "ghs",
+    "ghp_",
+    "gho_",
+    "ghs_",
     "dapi",
     "xox",
 )

@@ -14,7 +14,7 @@ class LineTail:
         self.offset = offset
         self._partial = b""
 
-    def read(self, max_bytes: int = 4 * 2**20) -> list[str]:
+    def read(self, max_bytes: int = 256 * 2**10) -> list[str]:
         try:
             with self.path.open("rb") as handle:
                 handle.seek(self.offset)

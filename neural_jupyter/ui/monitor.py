@@ -213,6 +213,7 @@ class WidgetMonitor(MonitorBase):
         self.cancel_button.on_click(self._on_cancel)
         self.detach_button.on_click(self._on_detach)
         self._external_cancel = on_cancel
+        self._charted = -1
         buttons = w.HBox([self.cancel_button, self.detach_button])
         self.widget = w.VBox(
             [
@@ -266,7 +267,9 @@ class WidgetMonitor(MonitorBase):
             f"epoch {p.epoch}/{p.epochs or '?'} · batch {p.batch}/{p.batches or '?'}{loss}"
             f" · ETA {format_seconds(self.eta())}"
         )
-        self.chart.value = history_svg(p.history, title=self.job.name)
+        if len(p.history) != self._charted:  # the chart changes only with a new epoch
+            self._charted = len(p.history)
+            self.chart.value = history_svg(p.history, title=self.job.name)
         lines = "\n".join(html.escape(line) for line in list(self.log)[-12:])
         self.log_view.value = (
             "<pre class='neural-log' style='max-height:14em;overflow:auto;font-size:11px;"
