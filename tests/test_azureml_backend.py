@@ -437,7 +437,9 @@ def test_full_run_through_the_api(azure, capsys):
     assert record.remote_id == job_name_for(record.idempotency_key)
     assert len(run.history) == 3 and run.artifacts["weights"].exists()
     assert sum(p.numel() for p in run.model().parameters()) > 0
-    assert any(r.status == 206 for r in azure.calls("GET", r"^/logs/"))  # read as it grew
+    # the std_log came through the log API (incremental range reads are asserted, without
+    # timing luck, in test_statuses_and_std_log_through_to_success)
+    assert azure.calls("GET", r"^/logs/")
     blob = (ACCOUNT, ARTIFACT_CONTAINER, f"ExperimentRun/dcid.{record.remote_id}/outputs/model.pt")
     assert azure.blobs[blob][0] == run.artifacts["weights"].read_bytes()
     again = api.submit(SMALL, "digits", platform="azureml", extra=azure.extra, monitor="none")
