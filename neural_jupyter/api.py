@@ -11,8 +11,6 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
 from neural_jupyter.backends import get_backend
 from neural_jupyter.backends.base import CostEstimate, RemoteJob, ResourceSpec
 from neural_jupyter.compiler import CompiledModel, compile_model
@@ -177,14 +175,6 @@ COST_CONFIRM_THRESHOLD = 5.0  # USD; above it a submit needs yes=True (--yes) or
 PAID_PLATFORMS = frozenset({"sagemaker", "vertex", "azureml", "databricks"})
 
 
-def data_fingerprint(dataset: data_module.Dataset) -> str:
-    digest = hashlib.sha256()
-    for name, array in sorted(dataset.arrays().items()):
-        digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
 def idempotency_key(
     platform: str,
     model: CompiledModel,
@@ -203,7 +193,7 @@ def idempotency_key(
             "hparams": model.hparams,
             "settings": dataclasses.asdict(settings),
             "resources": resources.public(),
-            "data": data_fingerprint(dataset),
+            "data": dataset.fingerprint(),
         },
         sort_keys=True,
         default=str,

@@ -143,7 +143,7 @@ class Sweep:
         fingerprint = {
             "source": self.model.source,
             "network": self.model.name,
-            "data": data_module_fingerprint(self.dataset),
+            "data": self.dataset.fingerprint()[:16],
             "backend": backend,
             "strategy": strategy,
             "space": sorted(self.space.dimensions),
@@ -292,14 +292,6 @@ class Sweep:
 
 class Pruned(Exception):
     """A trial stopped early by the search strategy (Optuna's pruner)."""
-
-
-def data_module_fingerprint(dataset: data_module.Dataset) -> str:
-    digest = hashlib.sha256()
-    for name, array in sorted(dataset.arrays().items()):
-        digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
-        digest.update(array.tobytes()[: 1 << 20])
-    return digest.hexdigest()[:16]
 
 
 class SweepResult:

@@ -9,6 +9,7 @@ torch or pandas.
 from __future__ import annotations
 
 import gzip
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -33,6 +34,14 @@ class Dataset:
     description: str = ""
     names: tuple[str, str] = ("x", "y")
     val_names: tuple[str, str] = ("x_val", "y_val")
+
+    def fingerprint(self) -> str:
+        """A hash of every array (names, dtypes, shapes, bytes): same data, same value."""
+        digest = hashlib.sha256()
+        for name, array in sorted(self.arrays().items()):
+            digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"x_train": self.x_train, "y_train": self.y_train}
