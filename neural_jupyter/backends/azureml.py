@@ -54,6 +54,7 @@ from neural_jupyter.backends.base import (
     StreamItem,
     Submission,
 )
+from neural_jupyter.backends.log_mirror import LogMirror
 from neural_jupyter.backends.retry import TRANSIENT_HTTP_STATUS, call_with_retries
 from neural_jupyter.errors import (
     ConfigurationError,
@@ -399,10 +400,10 @@ class AzureMLBackend(Backend):
                     yield parse_line(line)
             if state.is_terminal or remote is None:
                 if tail.count == 0:  # no log left on the platform: what this machine kept
-                    for line in mirror.lines():
-                        yield parse_line(line)
+                    for line, stream in mirror.lines():
+                        yield parse_line(line, stream)
                 if state.state == SUCCEEDED:
-                    yield from self._bring_back(job)
+                    yield from self.bring_back_outputs(job)
                 return
             if not follow:
                 return
@@ -439,20 +440,6 @@ class AzureMLBackend(Backend):
         else:  # 416 (nothing new), 404 (not written yet), 403 (an expired link: next time)
             data = b""
         return tail.feed(data, final)
-
-    def _bring_back(self, job: RemoteJob) -> Iterator[StreamItem]:
-        marker = job.directory / "artifacts_fetched"
-        if marker.exists() or not job.directory.is_dir():
-            return
-        output = job.directory / "bundle" / "output"
-        try:
-            files = self.fetch_artifacts(job, output)
-        except PlatformError as exc:
-            yield Event("status", {"message": f"could not bring back the outputs: {exc.message}"})
-            return
-        marker.write_text(json.dumps({name: str(path) for name, path in files.items()}))
-        names = ", ".join(sorted(files)) or "none"
-        yield Event("status", {"message": f"outputs brought back to {output}: {names}"})
 
     def fetch_artifacts(self, job: RemoteJob, destination: Path) -> dict[str, Path]:
         """``jobs.download`` of the run's ``outputs/`` into ``destination``."""
@@ -513,41 +500,6 @@ class LogTail:
         out = [line.decode("utf-8", errors="replace").rstrip("\r") for line in lines]
         self.count += len(out)
         return out
-
-
-class LogMirror:
-    """The remote log kept in the job's directory, like the local backend's files:
-    ``remote.log`` (every line), ``stdout.log`` (event lines) and ``stderr.log`` (plain
-    lines, redacted). Every read starts at line 1; lines already kept are not written twice."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._lock = threading.Lock()
-        try:
-            with (directory / "remote.log").open("rb") as handle:
-                self.count = sum(1 for _ in handle)
-        except OSError:
-            self.count = 0
-
-    def add(self, line: str, number: int) -> None:
-        with self._lock:
-            if number <= self.count or not self.directory.is_dir():
-                return
-            event = line.startswith('{"event"')
-            for name, text in (
-                ("remote.log", line if event else redact(line)),
-                ("stdout.log" if event else "stderr.log", line if event else redact(line)),
-            ):
-                with (self.directory / name).open("a", encoding="utf-8") as handle:
-                    handle.write(text + "\n")
-            self.count = number
-
-    def lines(self) -> list[str]:
-        try:
-            text = (self.directory / "remote.log").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return []
-        return text.splitlines()
 
 
 @contextlib.contextmanager

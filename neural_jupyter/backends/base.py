@@ -9,6 +9,7 @@ what they report into job-store updates.
 from __future__ import annotations
 
 import abc
+import json
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -248,6 +249,22 @@ class Backend(abc.ABC):
             return
         if fetched:
             yield Event("status", {"message": f"downloaded {len(fetched)} output file(s)"})
+
+    def bring_back_outputs(self, job: RemoteJob) -> Iterator[StreamItem]:
+        """``fetch_after_success`` done once per job (a marker file remembers it), naming
+        what came back — for platforms whose stream may be replayed after the job ended."""
+        marker = job.directory / "artifacts_fetched"
+        if marker.exists() or not job.directory.is_dir():
+            return
+        output = job.directory / "bundle" / "output"
+        try:
+            files = self.fetch_artifacts(job, output)
+        except NeuralError as exc:
+            yield Event("status", {"message": f"could not bring back the outputs: {exc.message}"})
+            return
+        marker.write_text(json.dumps({name: str(path) for name, path in files.items()}))
+        names = ", ".join(sorted(files)) or "none"
+        yield Event("status", {"message": f"outputs brought back to {output}: {names}"})
 
     @staticmethod
     def heartbeats(seconds: float, step: float) -> Iterator[None]:

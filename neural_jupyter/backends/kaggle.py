@@ -54,6 +54,7 @@ from neural_jupyter.backends.base import (
     StreamItem,
     Submission,
 )
+from neural_jupyter.backends.log_mirror import LogMirror
 from neural_jupyter.backends.retry import TRANSIENT_HTTP_STATUS, call_with_retries
 from neural_jupyter.errors import (
     ConfigurationError,
@@ -64,7 +65,7 @@ from neural_jupyter.errors import (
     PlatformError,
     QuotaError,
 )
-from neural_jupyter.redaction import redact, register_secret
+from neural_jupyter.redaction import register_secret
 from neural_jupyter.runtime.bundle import Bundle
 from neural_jupyter.runtime.events import Event, parse_line
 
@@ -412,13 +413,13 @@ class KaggleBackend(Backend):
                 if live is not None:
                     for entry in live.entries():
                         for line, stream in counter.feed(entry):
-                            mirror.add(line, stream, counter.count)
+                            mirror.add(line, counter.count, stream)
                             yield parse_line(line, stream)
                 if state.is_terminal or not follow:
                     if state.is_terminal or state.state == RUNNING:
                         yield from self._final_log(client, owner, slug, counter, mirror)
                     if state.state == SUCCEEDED:
-                        yield from self._bring_back(job, client, owner, slug)
+                        yield from self.bring_back_outputs(job)
                     return
                 yield None
                 time.sleep(self.heartbeat_seconds)
@@ -463,26 +464,12 @@ class KaggleBackend(Backend):
             for number, (line, stream) in enumerate(lines, 1):
                 if number > counter.count:
                     counter.count = number
-                    mirror.add(line, stream, number)
+                    mirror.add(line, number, stream)
                     yield parse_line(line, stream)
             return
         if counter.count == 0:
             for line, stream in mirror.lines():
                 yield parse_line(line, stream)
-
-    def _bring_back(self, job: RemoteJob, client: Any, owner: str, slug: str):
-        marker = job.directory / "artifacts_fetched"
-        if marker.exists() or not job.directory.is_dir():
-            return
-        output = job.directory / "bundle" / "output"
-        try:
-            files = self.fetch_artifacts(job, output)
-        except PlatformError as exc:
-            yield Event("status", {"message": f"could not bring back the outputs: {exc.message}"})
-            return
-        marker.write_text(json.dumps({name: str(path) for name, path in files.items()}))
-        names = ", ".join(sorted(files)) or "none"
-        yield Event("status", {"message": f"outputs brought back to {output}: {names}"})
 
     def fetch_artifacts(self, job: RemoteJob, destination: Path) -> dict[str, Path]:
         """Download the kernel's ``output/`` files into ``destination``."""
@@ -572,45 +559,6 @@ class LineCounter:
             self.count += 1
             yield rest.rstrip("\r"), stream
         self._partial.clear()
-
-
-class LogMirror:
-    """The remote log kept in the job's directory, like the local backend's files:
-    ``remote.log`` (every line, JSON with its stream), ``stdout.log`` (event lines) and
-    ``stderr.log`` (plain lines, redacted). Lines already kept are not written twice."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._lock = threading.Lock()
-        try:
-            with (directory / "remote.log").open("rb") as handle:
-                self.count = sum(1 for _ in handle)
-        except OSError:
-            self.count = 0
-
-    def add(self, line: str, stream: str, number: int) -> None:
-        with self._lock:
-            if number <= self.count or not self.directory.is_dir():
-                return
-            event = stream == "stdout" and line.startswith('{"event"')
-            record = json.dumps({"stream": stream, "line": redact(line) if not event else line})
-            for name, text in (
-                ("remote.log", record),
-                ("stdout.log" if event else "stderr.log", line if event else redact(line)),
-            ):
-                with (self.directory / name).open("a", encoding="utf-8") as handle:
-                    handle.write(text + "\n")
-            self.count = number
-
-    def lines(self) -> Iterator[tuple[str, str]]:
-        try:
-            text = (self.directory / "remote.log").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return
-        for raw in text.splitlines():
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                record = json.loads(raw)
-                yield str(record["line"]), str(record["stream"])
 
 
 _END = object()

@@ -48,6 +48,7 @@ from neural_jupyter.backends.base import (
     StreamItem,
     Submission,
 )
+from neural_jupyter.backends.log_mirror import LogMirror
 from neural_jupyter.backends.retry import TRANSIENT_HTTP_STATUS, call_with_retries
 from neural_jupyter.errors import (
     ConfigurationError,
@@ -58,7 +59,7 @@ from neural_jupyter.errors import (
     PlatformError,
     QuotaError,
 )
-from neural_jupyter.redaction import redact, register_secret
+from neural_jupyter.redaction import register_secret
 from neural_jupyter.runtime.bundle import Bundle
 from neural_jupyter.runtime.events import Event, parse_line
 
@@ -598,8 +599,8 @@ class KubernetesBackend(Backend):
                     yield parse_line(line)
             if state.is_terminal:
                 if seen == 0:  # the pod and its log are gone: what this machine kept of it
-                    for line in mirror.lines():
-                        yield parse_line(line)
+                    for line, stream in mirror.lines():
+                        yield parse_line(line, stream)
                 if state.state == SUCCEEDED:
                     yield from self._bring_back(job, artifact_lines)
                 return
@@ -728,41 +729,6 @@ def decode_artifacts(lines: Iterable[str], destination: Path) -> dict[str, Path]
         target.write_bytes(blob)
         found[ARTIFACT_NAMES.get(filename, filename)] = target
     return found
-
-
-class LogMirror:
-    """The remote log kept in the job's directory, as the local backend keeps its own:
-    ``remote.log`` (every line, in order), ``stdout.log`` (event lines) and ``stderr.log``
-    (plain lines, redacted), so ``Job.logs``, failure tails and the final ``done`` event stay
-    readable after the pod is gone. Every stream starts again at line 1; lines already kept
-    are not written twice."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._lock = threading.Lock()
-        try:
-            with (directory / "remote.log").open("rb") as handle:
-                self.count = sum(1 for _ in handle)
-        except OSError:
-            self.count = 0
-
-    def add(self, line: str, number: int) -> None:
-        with self._lock:
-            if number <= self.count or not self.directory.is_dir():
-                return
-            event = line.startswith('{"event"')
-            kept = line if event else redact(line)
-            for name in ("remote.log", "stdout.log" if event else "stderr.log"):
-                with (self.directory / name).open("a", encoding="utf-8") as handle:
-                    handle.write(kept + "\n")
-            self.count = number
-
-    def lines(self) -> list[str]:
-        try:
-            text = (self.directory / "remote.log").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return []
-        return text.splitlines()
 
 
 def _register_credentials(api: Any) -> None:
