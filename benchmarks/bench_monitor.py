@@ -9,6 +9,7 @@ event with five metrics; three ``artifact``; ``done``) interleaved with plain lo
 ``token=...`` for the redaction filter). Then, exactly as ``Job.follow()`` + ``watch()`` do:
 
     LocalBackend.events(job, follow=False)   # LineTail reads, parse_line per line
+      -> redacted(item)                      # Job.follow masks secrets in every item
       -> Tracker.apply(item)                 # real JobStore (SQLite) in a temp dir
       -> monitor.feed(item)                  # TextMonitor into an io.StringIO, or WidgetMonitor
 
@@ -173,12 +174,12 @@ class Pipeline:
         from neural_jupyter.ui.monitor import TextMonitor, WidgetMonitor
 
         self.store = JobStore(workdir / f"store-{monitor}-{id(self)}.sqlite")
-        record = self.store.create(name="DigitNet", backend="local", job_dir=str(workdir))
+        record = self.store.create(name="DigitNet", platform="local", job_dir=str(workdir))
         self.tracker = Tracker(self.store, record.id)
         job = SimpleNamespace(
             id=record.id,
             name=record.name,
-            record=SimpleNamespace(backend="local"),
+            record=SimpleNamespace(platform="local"),
             progress=self.tracker.progress,
         )
         self.sink = io.StringIO()
@@ -196,11 +197,22 @@ class Pipeline:
         self.sink.truncate()
 
 
+def follow_redaction():
+    """What ``Job.follow`` applies to each item (identity on a checkout without it, so this
+    script also measures an older checkout side by side: PYTHONPATH=that/checkout)."""
+    try:
+        from neural_jupyter.runtime.events import redacted
+    except ImportError:
+        return lambda item: item
+    return redacted
+
+
 def stream(workdir: Path):
     from neural_jupyter.backends.base import RemoteJob
     from neural_jupyter.backends.local import LocalBackend
 
-    return LocalBackend().events(RemoteJob("nj-bench", workdir), follow=False)
+    redacted = follow_redaction()
+    return map(redacted, LocalBackend().events(RemoteJob("nj-bench", workdir), follow=False))
 
 
 def run_pipeline(workdir: Path, monitor: str, trace: bool = False) -> dict[str, Any]:
@@ -302,6 +314,10 @@ def stages(workdir: Path, limit: int) -> dict[str, float]:
     started = perf_counter()
     items = [parse_line(line, name) for line, name in raw]
     out["parse_line_us"] = (perf_counter() - started) / len(raw)
+    redacted = follow_redaction()
+    started = perf_counter()
+    items = [redacted(item) for item in items]
+    out["redacted_us"] = (perf_counter() - started) / len(raw)
     for monitor in ("none", "text", "widget"):
         pipeline = Pipeline(workdir, f"{monitor}-stages" if monitor == "none" else monitor)
         tracker, view = pipeline.tracker, pipeline.view
@@ -481,7 +497,8 @@ def report(result: dict[str, Any]) -> str:
     s = result["stages_us_per_line"]
     text += (
         f"\nstages, us/line over the first {s['lines']:,} lines in memory: read {s['read_us']:.2f},"
-        f" parse_line {s['parse_line_us']:.2f}, Tracker.apply {s['tracker_apply_us']:.2f}, "
+        f" parse_line {s['parse_line_us']:.2f}, redacted (Job.follow) {s['redacted_us']:.2f},"
+        f" Tracker.apply {s['tracker_apply_us']:.2f}, "
         f"TextMonitor.feed {s['feed_text_us']:.2f}, WidgetMonitor.feed {s['feed_widget_us']:.2f}"
     )
     for name, ok in result["meets_target"].items():

@@ -68,14 +68,14 @@ def noop_backend():
 
 
 def run_sweep(values: int, name: str) -> tuple[float, object]:
-    from neural_jupyter.jobs.sweeps import Sweep
+    from neural_jupyter import Sweep
 
     started = time.perf_counter()
     sweep = Sweep(
         NET,
         "synthetic",
         grid={"dense_1.units": tuple(range(1, values + 1))},
-        backend="noop",
+        platform="noop",
         metric="loss",
         name=name,
     )

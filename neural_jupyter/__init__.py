@@ -24,6 +24,7 @@ from neural_jupyter.errors import (
     PlatformConnectionError,
     PlatformError,
     QuotaError,
+    RemoteError,
 )
 
 __version__ = "0.1.0"
@@ -38,16 +39,32 @@ _LAZY = {
     "attach": "neural_jupyter.api",
     "cancel": "neural_jupyter.api",
     "jobs": "neural_jupyter.jobs",
-    "Sweep": "neural_jupyter.jobs.sweeps",
-    "ExperimentCoordinator": "neural_jupyter.jobs.sweeps",
+    "Sweep": "neural_jupyter.api",
+    "ExperimentCoordinator": "neural_jupyter.api",
     "Stage": "neural_jupyter.jobs.sweeps",
+    "summary": "neural_jupyter.ui.views",
+    "plot": "neural_jupyter.ui.views",
     "estimate_cost": "neural_jupyter.pricing",
     "compare_platforms": "neural_jupyter.pricing",
     "environment_report": "neural_jupyter.runtime.env_report",
+    "remote": "neural_jupyter.usercode.function",
+    "run_script": "neural_jupyter.usercode.script",
+    "run_cell": "neural_jupyter.usercode.cell",
+    "report": "neural_jupyter_report",
+    "deploy": "neural_jupyter.deploy",
+    "undeploy": "neural_jupyter.deploy",
+    "Endpoint": "neural_jupyter.deploy.endpoint",
+    "register_layer": "neural_jupyter.dsl.custom",
+    "unregister_layer": "neural_jupyter.dsl.custom",
+    "registered_layers": "neural_jupyter.dsl.custom",
+    "Param": "neural_jupyter.dsl.params",
+    "warm": "neural_jupyter.runtime.warm",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from neural_jupyter.compiler import CompiledModel, compile_file, compile_model
+    from neural_jupyter.dsl.custom import register_layer, registered_layers, unregister_layer
+    from neural_jupyter.dsl.params import Param
 
 __all__ = [
     "CompilationError",
@@ -55,16 +72,19 @@ __all__ = [
     "DSLError",
     "DSLSyntaxError",
     "DSLValidationError",
+    "Endpoint",
     "ExperimentCoordinator",
     "JobCancelled",
     "JobError",
     "JobFailed",
     "JobTimeout",
     "NeuralError",
+    "Param",
     "PlatformAuthError",
     "PlatformConnectionError",
     "PlatformError",
     "QuotaError",
+    "RemoteError",
     "Stage",
     "Sweep",
     "__version__",
@@ -73,13 +93,25 @@ __all__ = [
     "compare_platforms",
     "compile_file",
     "compile_model",
+    "deploy",
     "environment_report",
     "estimate_cost",
     "jobs",
     "load_ipython_extension",
+    "plot",
+    "register_layer",
+    "registered_layers",
+    "remote",
+    "report",
     "run",
+    "run_cell",
+    "run_script",
     "submit",
+    "summary",
+    "undeploy",
     "unload_ipython_extension",
+    "unregister_layer",
+    "warm",
 ]
 
 
@@ -97,22 +129,48 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where the prebuilt JupyterLab extension is (``jupyter labextension develop .``)."""
+    return [{"src": "labextension", "dest": "neural-jupyter"}]
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """Called by ``%load_ext neural_jupyter``."""
-    from neural_jupyter.magics import NeuralMagics
+    from neural_jupyter import magics
 
-    ipython.register_magics(NeuralMagics(shell=ipython))
+    magics.register(ipython)
+    # the compiler (no framework, no widgets: ~20 ms of imports) loads with the extension,
+    # so the first %%neural_compile of the session only compiles
+    from neural_jupyter.compiler import CompiledModel
+    from neural_jupyter.ui.views import install_legacy_methods, register_formatters
+
+    register_formatters(ipython)  # a cell ending in a compiled model shows its summary
+    install_legacy_methods(CompiledModel)  # model.summary() & co., deprecated
+
+    _endpoint_housekeeping()
+
+
+def _endpoint_housekeeping() -> None:
+    """Local endpoints whose kernel ended are marked deleted, endpoints past their max_hours
+    are deleted (neural_jupyter.deploy); never in the way of loading the extension."""
+    import os
+
+    from neural_jupyter import paths
+
+    if not (paths.home() / "jobs.sqlite").exists() or os.environ.get(
+        "NEURAL_JUPYTER_NO_HOUSEKEEPING"
+    ):
+        return
+    try:
+        from neural_jupyter.deploy.lifecycle import housekeeping
+
+        housekeeping()
+    except Exception as exc:  # a broken store is reported where it is used
+        print(f"neural-jupyter: could not check the endpoints: {exc}")
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    """Called by ``%unload_ext neural_jupyter``; removes our magics."""
-    from neural_jupyter.magics import NeuralMagics
+    """Called by ``%unload_ext neural_jupyter``; removes our magics and options."""
+    from neural_jupyter import magics
 
-    manager = ipython.magics_manager
-    for kind in ("line", "cell"):
-        table = manager.magics[kind]
-        for name in [
-            n for n, fn in table.items() if isinstance(getattr(fn, "__self__", None), NeuralMagics)
-        ]:
-            del table[name]
-    ipython.configurables = [c for c in ipython.configurables if not isinstance(c, NeuralMagics)]
+    magics.unregister(ipython)

@@ -1,44 +1,58 @@
-"""The public compile API: model source → ``CompiledModel`` (spec, generated code, summary)."""
+"""The public compile API: model source → ``CompiledModel`` (spec and generated code).
+
+A ``CompiledModel`` is data; its pictures (summary table, block diagram) are drawn by ``ui/``
+(``neural_jupyter.summary(model)``, ``neural_jupyter.plot(model)``).
+"""
 
 from __future__ import annotations
 
-import importlib.util
-import linecache
+import functools
 import os
-import sys
-import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from neural_jupyter.codegen import keras as keras_codegen
-from neural_jupyter.codegen import pytorch as pytorch_codegen
+from neural_jupyter.deprecation import alias_method, alias_property, renamed_parameters
 from neural_jupyter.dsl import analyze
+from neural_jupyter.dsl.custom import check_framework
 from neural_jupyter.dsl.parser import parse_cached
 from neural_jupyter.dsl.spec import NetworkSpec
-from neural_jupyter.errors import ConfigurationError, MissingDependencyError
-from neural_jupyter.ui.summary import ModelSummary
+from neural_jupyter.errors import ConfigurationError
+from neural_jupyter.gc_pause import paused_gc
+from neural_jupyter.runtime.frameworks import (
+    FRAMEWORK_PACKAGES,
+    FRAMEWORKS,
+    build_model,
+    framework_name,
+    generate,
+    load_generated_module,
+    require_framework,
+)
 
+__all__ = [
+    "FRAMEWORK_PACKAGES",
+    "GENERATORS",
+    "CompiledModel",
+    "compile_all",
+    "compile_file",
+    "compile_model",
+    "framework_name",
+    "load_generated_module",
+    "require_framework",
+]
+
+# the code generator of each framework, imported on first use (a PyTorch-only notebook never
+# imports the Keras generator)
 GENERATORS: dict[str, Callable[[NetworkSpec], str]] = {
-    "pytorch": pytorch_codegen.generate,
-    "keras": keras_codegen.generate,
+    name: functools.partial(generate, framework=name) for name in FRAMEWORKS
 }
 
 
-def check_backend(backend: str) -> str:
-    key = backend.lower()
-    aliases = {"torch": "pytorch", "tf": "keras", "tensorflow": "keras"}
-    key = aliases.get(key, key)
-    if key not in GENERATORS:
-        raise ConfigurationError(
-            f"unknown backend '{backend}'", hint="use one of: " + ", ".join(GENERATORS)
-        )
-    return key
-
-
+@renamed_parameters(backend="framework")
+@paused_gc
 def compile_model(
     source: str,
-    backend: str = "pytorch",
+    framework: str = "pytorch",
     *,
     network: str | None = None,
     hparams: Mapping[str, Any] | None = None,
@@ -50,26 +64,33 @@ def compile_model(
     without it each takes its first choice or lower bound. Raises ``DSLSyntaxError`` or
     ``DSLValidationError`` with line, column and a caret snippet.
     """
-    backend = check_backend(backend)
+    framework = framework_name(framework)
+    if framework == "keras":
+        require_framework(framework)
     program = parse_cached(source, source_name)
     spec = analyze(program, network, hparams)
-    return CompiledModel(spec, backend)
+    return CompiledModel(spec, framework)
 
 
+@renamed_parameters(backend="framework")
+@paused_gc
 def compile_all(
-    source: str, backend: str = "pytorch", *, source_name: str = "<source>"
+    source: str, framework: str = "pytorch", *, source_name: str = "<source>"
 ) -> list[CompiledModel]:
     """Compile every network defined in ``source`` (in order)."""
-    backend = check_backend(backend)
+    framework = framework_name(framework)
+    if framework == "keras":
+        require_framework(framework)
     program = parse_cached(source, source_name)
     if not program.networks:
         analyze(program)  # raises the "no network is defined" error with its place
-    return [CompiledModel(analyze(program, node.name), backend) for node in program.networks]
+    return [CompiledModel(analyze(program, node.name), framework) for node in program.networks]
 
 
+@renamed_parameters(backend="framework")
 def compile_file(
     path: str | os.PathLike,
-    backend: str = "pytorch",
+    framework: str = "pytorch",
     *,
     network: str | None = None,
     hparams: Mapping[str, Any] | None = None,
@@ -80,7 +101,7 @@ def compile_file(
         raise ConfigurationError(f"no model file at {file}")
     return compile_model(
         file.read_text(encoding="utf-8"),
-        backend,
+        framework,
         network=network,
         hparams=hparams,
         source_name=str(file),
@@ -90,10 +111,14 @@ def compile_file(
 class CompiledModel:
     """A validated network and its generated code for one framework."""
 
-    def __init__(self, spec: NetworkSpec, backend: str = "pytorch") -> None:
+    @renamed_parameters(backend="framework")
+    def __init__(self, spec: NetworkSpec, framework: str = "pytorch") -> None:
         self.spec = spec
-        self.backend = check_backend(backend)
+        self.framework = framework_name(framework)
+        check_framework(spec, self.framework)  # custom layers: built for it, still current
         self._code: str | None = None
+
+    backend = alias_property("backend", "framework")  # the old word for the framework
 
     @property
     def name(self) -> str:
@@ -107,8 +132,15 @@ class CompiledModel:
     def code(self) -> str:
         """The generated model source (an ``nn.Module`` or a Keras ``build_model``)."""
         if self._code is None:
-            self._code = GENERATORS[self.backend](self.spec)
+            self._code = GENERATORS[self.framework](self.spec)
         return self._code
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the compiler applied differently from the source, or ignored, and why
+        (Neural DSL forms such as an ``execution`` block or an inferred loss); the summary
+        lists them."""
+        return self.spec.notes
 
     @property
     def search_space(self) -> dict[str, Any]:
@@ -123,37 +155,21 @@ class CompiledModel:
         merged = {**self.hparams, **values}
         return compile_model(
             self.source,
-            self.backend,
+            self.framework,
             network=self.name,
             hparams=merged,
             source_name=self.spec.source_name,
         )
 
-    def for_backend(self, backend: str) -> CompiledModel:
-        return CompiledModel(self.spec, backend)
+    def for_framework(self, framework: str) -> CompiledModel:
+        """The same network with code generated for ``framework``."""
+        return CompiledModel(self.spec, framework)
 
-    def summary(self) -> ModelSummary:
-        return ModelSummary(self.spec, self.backend)
+    for_backend = alias_method("for_backend", "for_framework")
 
     def build(self) -> Any:
         """Import the framework and return a fresh, untrained model."""
-        if self.backend == "pytorch":
-            _require("torch", "torch", "Building a PyTorch model")
-        else:
-            _prepare_keras()
-        module = load_generated_module(self.code, f"neural_generated_{self.name}")
-        return module.build_model()
-
-    def plot(self) -> Any:
-        """The network as an SVG block diagram (shapes and parameter counts)."""
-        from neural_jupyter.runtime.bundle import spec_summary
-        from neural_jupyter.ui.chart import Chart
-        from neural_jupyter.ui.graph import graph_svg
-
-        return Chart(
-            graph_svg(spec_summary(self.spec, self.backend)),
-            f"{self.name}: {len(self.spec.layers)} layers",
-        )
+        return build_model(self.code, self.name, self.framework)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the generated code (``.py``) or the model source (``.neural``)."""
@@ -171,41 +187,23 @@ class CompiledModel:
 
     def __repr__(self) -> str:
         return (
-            f"<CompiledModel {self.name} ({self.backend}): "
-            f"{self.spec.trainable_params(self.backend):,} params, "
+            f"<CompiledModel {self.name} ({self.framework}): "
+            f"{self.spec.trainable_params(self.framework):,} params, "
             f"{len(self.spec.layers)} layers>"
         )
 
-    def _repr_html_(self) -> str:
-        return self.summary()._repr_html_()
-
-    def _repr_pretty_(self, printer, cycle: bool) -> None:
-        printer.text(str(self.summary()))
-
-
-def load_generated_module(code: str, name: str) -> types.ModuleType:
-    """Execute generated code as a module whose tracebacks show the generated lines."""
-    filename = f"<{name}>"
-    module = types.ModuleType(name)
-    module.__file__ = filename
-    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-    exec(compile(code, filename, "exec"), module.__dict__)
-    return module
+    def __getattr__(self, name: str) -> Any:
+        # drawing moved to ui/ (the extension and neural_jupyter.api put these back, deprecated)
+        if name in _DRAWN:
+            raise AttributeError(
+                f"CompiledModel.{name}() is now {_DRAWN[name]} (a compiled model is data; "
+                "ui/ draws it)",
+                name=name,
+                obj=self,
+            )
+        raise AttributeError(
+            f"'CompiledModel' object has no attribute '{name}'", name=name, obj=self
+        )
 
 
-def _require(module: str, extra: str, feature: str) -> None:
-    if module not in sys.modules and importlib.util.find_spec(module) is None:
-        raise MissingDependencyError(module, extra, feature)
-
-
-def _prepare_keras() -> None:
-    """Keras 3 needs a backend; pick an installed one unless the user chose already."""
-    _require("keras", "keras", "Building a Keras model")
-    config = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "keras.json"
-    if "keras" in sys.modules or os.environ.get("KERAS_BACKEND") or config.exists():
-        return
-    for backend in ("tensorflow", "jax", "torch"):
-        if importlib.util.find_spec(backend) is not None:
-            os.environ["KERAS_BACKEND"] = backend
-            return
-    raise MissingDependencyError("tensorflow, jax or torch", "keras", "Keras")
+_DRAWN = {"summary": "neural_jupyter.summary(model)", "plot": "neural_jupyter.plot(model)"}

@@ -29,6 +29,15 @@ def home() -> Path:
     return _ensure_dir(path)
 
 
+def cache_dir() -> Path:
+    """Files that can be rebuilt at any time (the grammar's parser tables): ``cache/`` under
+    ``NEURAL_JUPYTER_HOME`` when that is set, else the platform's user cache directory."""
+    configured = os.environ.get(ENV_HOME, "").strip()
+    if configured:
+        return _ensure_dir(Path(configured).expanduser() / "cache")
+    return _ensure_dir(Path(platformdirs.user_cache_dir("neural-jupyter")))
+
+
 def jobs_dir() -> Path:
     """The directory under which each job gets its own sub-directory, created on demand."""
     return _ensure_dir(home() / "jobs")

@@ -9,6 +9,8 @@ from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
+# every other test starts its jobs cold; tests/test_warm_start.py switches warm start on
+os.environ.setdefault("NEURAL_JUPYTER_WARM_START", "off")
 
 
 class CellFailed(AssertionError):
@@ -46,6 +48,27 @@ class Shell:
         if error is None:
             raise AssertionError("the cell was expected to fail but succeeded")
         return error
+
+
+@pytest.fixture(autouse=True)
+def _no_custom_layers_left():
+    """Layers a test (or a docs page) registers do not leak into the next test."""
+    yield
+    from neural_jupyter.dsl.custom import registered_layers, unregister_layer
+
+    for name in registered_layers():
+        unregister_layer(name)
+
+
+@pytest.fixture(autouse=True)
+def _no_warm_settings_left():
+    """Warm-start settings a test (or a docs page: ``%config WarmMagics...``) changes do not
+    leak into the next test: the mode and idle timeout go back to the environment's."""
+    yield
+    from neural_jupyter.runtime import warm
+
+    warm._pool._mode = None
+    warm._pool._idle = None
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from fakes.azureml_api import (
     fake_jwt,
 )
 
+import neural_jupyter
 from neural_jupyter import api
 from neural_jupyter.backends import get_backend
 from neural_jupyter.backends import retry as retry_module
@@ -183,6 +184,7 @@ def test_submit_uploads_the_bundle_and_puts_a_command_job(azure, tmp_path, small
     assert len(puts) == 1 and puts[0].path.endswith(f"/jobs/{name}")
     props = puts[0].body["properties"]
     assert props["jobType"] == "Command" and props["command"] == COMMAND
+    assert "distribution" not in props  # one process: no distribution, one instance
     assert DEFAULT_ENVIRONMENT in props["environmentId"]
     assert props["computeId"].endswith("/computes/gpu-cluster")
     assert props["limits"]["timeout"] == "PT1H30M"
@@ -221,6 +223,15 @@ def test_serverless_spot_needs_an_instance(azure, tmp_path, small_bundle):
     assert props["resources"]["instanceType"] == "Standard_NC4as_T4_v3"
     assert props["queueSettings"]["jobTier"].lower() == "spot"
     assert props["environmentId"].endswith("/environments/my-env/versions/3")
+    # a named cluster's VMs are what the cluster is: --spot there is refused, never ignored
+    with pytest.raises(ConfigurationError, match="serverless"):
+        submit(azure, tmp_path, small_bundle, spot=True)
+
+
+def test_default_environment_is_one_pinned_version():
+    name, _, version = DEFAULT_ENVIRONMENT.partition(":")
+    assert "@" not in DEFAULT_ENVIRONMENT and version.isdigit()  # never a moving label
+    assert name.startswith("AzureML-acpt-pytorch-")
 
 
 def test_workspace_from_config_json(azure, tmp_path, small_bundle):
@@ -454,3 +465,160 @@ def test_full_run_through_the_api(azure, capsys):
             texts.append(path.read_text(errors="replace"))
     assert azure.token not in "\n".join(texts)
     assert azure.token.rsplit(".", 1)[1] not in "\n".join(texts)
+
+
+# --- user code --------------------------------------------------------------------------------
+def test_a_script_folder_runs_as_a_command_job(azure, tmp_path):
+    """The bundle folder (project/ and data/ included) is the job's code; the launcher runs
+    the script; output/outputs/ comes back through jobs.download."""
+    from usercode_jobs import check_script_run, make_project
+
+    azure.execute = True
+    project, data = make_project(tmp_path / "user")
+    run = neural_jupyter.run_script(
+        project,
+        ["--epochs", "2"],
+        data=data,
+        platform="azureml",
+        extra=azure.extra,
+        monitor="none",
+    )
+    check_script_run(run)
+
+
+# --- data-parallel training (nodes × procs_per_node) ----------------------------------------
+def test_nodes_are_instances_of_a_pytorch_distribution(azure, tmp_path, small_bundle):
+    """--nodes 2 --procs-per-node 4: two instances, Azure ML's PyTorch distribution with one
+    process per instance (the launcher there runs torchrun with four)."""
+    job, _ = submit(azure, tmp_path, small_bundle, nodes=2, procs_per_node=4)
+    (put,) = azure.calls("PUT", r"/jobs/")
+    props = put.body["properties"]
+    assert props["distribution"] == {"distributionType": "PyTorch", "processCountPerInstance": 1}
+    assert props["resources"]["instanceCount"] == 2
+    assert props["computeId"].endswith("/computes/gpu-cluster")
+    assert props["command"] == f"{COMMAND} --nnodes 2 --nproc-per-node 4"
+    # the SDK reads the job back as its own types
+    ml, name = azure.backend._job_client(job)
+    entity = ml.jobs.get(name)
+    assert type(entity.distribution).__name__ == "PyTorchDistribution"
+    assert entity.distribution.process_count_per_instance == 1
+    assert entity.resources.instance_count == 2
+    # cancel is one call for the whole job, every instance
+    azure.backend.cancel(job)
+    assert len(azure.calls("POST", r"/jobs/[^/]+/cancel$")) == 1
+    # one instance with several processes: no distribution, torchrun on that machine alone
+    azure.requests.clear()
+    other = remote_job(tmp_path / "one")
+    other.details["idempotency_key"] = KEY + "-one"
+    resources = ResourceSpec(extra=azure.extra, procs_per_node=2)
+    azure.backend.submit(small_bundle, other, resources)
+    (put,) = azure.calls("PUT", r"/jobs/")
+    props = put.body["properties"]
+    assert "distribution" not in props and props["command"].endswith("--nproc-per-node 2")
+    # and 1 × 1 is the plain command
+    assert (
+        azure.backend.plan(other, ResourceSpec(extra=azure.extra))["command_job"]["command"]
+        == COMMAND
+    )
+
+
+def test_multi_node_dry_run_and_cost(azure):
+    plan = api.submit(
+        SMALL,
+        "digits",
+        platform="azureml",
+        instance="Standard_NC4as_T4_v3",
+        max_hours=2,
+        nodes=3,
+        procs_per_node=2,
+        dry_run=True,
+        extra={**azure.extra, "compute": None},
+    )
+    assert azure.requests == []
+    request = plan.request["command_job"]
+    assert request["resources"] == {"instance_type": "Standard_NC4as_T4_v3", "instance_count": 3}
+    assert request["distribution"] == {"type": "pytorch", "process_count_per_instance": 1}
+    assert plan.cost.total_usd == pytest.approx(3 * 2 * 0.526) and "3 machines" in plan.cost.note
+
+
+def test_per_node_launch_reads_azures_variables():
+    """What each instance's launcher runs with the variables Azure ML sets there."""
+    from neural_jupyter.runtime import launcher
+
+    args = launcher.parse_args(["--nnodes", "2", "--nproc-per-node", "4"])
+    environ = {
+        "NODE_RANK": "1",
+        "MASTER_ADDR": "10.0.0.4",
+        "MASTER_PORT": "6105",
+        "RANK": "1",
+        "WORLD_SIZE": "2",
+    }
+    command = launcher.torchrun_arguments(args, environ)
+    assert command[command.index("--node-rank") + 1] == "1"
+    assert command[command.index("--master-addr") + 1] == "10.0.0.4"
+    assert command[command.index("--master-port") + 1] == "6105"
+    assert command[command.index("--nproc-per-node") + 1] == "4"
+
+
+@pytest.mark.slow
+def test_two_instances_train_for_real(azure, capsys):
+    """The fake starts the command on two 'instances' with Azure's variables; their
+    launchers' torchruns meet at instance 0 and train as one gloo group; the log read is
+    process 0's, the outputs instance 0's."""
+    azure.execute = True
+    run = api.submit(
+        SMALL, "digits", platform="azureml", nodes=2, extra=azure.extra, monitor="none"
+    )
+    assert run.status == "SUCCEEDED", JobStore().get(run.job_id).error
+    assert len(run.history) == 3 and run.artifacts["weights"].exists()
+    job = Job.load(run.job_id)
+    stream = [
+        json.loads(line)
+        for line in job.files.stdout.read_text().splitlines()
+        if line.startswith('{"event"')
+    ]
+    starts = [e for e in stream if e["event"] == "start"]
+    assert len(starts) == 1 and starts[0]["world_size"] == 2
+    remote = azure.jobs[JobStore().get(run.job_id).remote_id]
+    assert sorted(remote.logs) == [
+        "user_logs/std_log_process_0.txt",
+        "user_logs/std_log_process_1.txt",
+    ]
+    assert b"data parallel: 2 processes" in remote.log_of("user_logs/std_log_process_0.txt")
+    assert b'"event"' not in remote.log_of("user_logs/std_log_process_1.txt")
+
+
+@pytest.mark.slow
+def test_cancel_stops_every_instance(azure):
+    from tests.test_distributed import alive, descendants, wait_for
+
+    azure.execute = True
+    job = api.submit(
+        SMALL,
+        "digits",
+        platform="azureml",
+        nodes=2,
+        epochs=500,
+        extra=azure.extra,
+        wait=False,
+        monitor="none",
+    )
+
+    def training() -> list[int]:
+        found = []
+        for remote in list(azure.jobs.values()):
+            remote.observed += 1  # as a client's polls would: the pre-run statuses pass
+            for process in list(remote.processes):
+                for child in descendants(process.pid):
+                    try:
+                        if "train.py" in Path(f"/proc/{child}/cmdline").read_text():
+                            found.append(child)
+                    except OSError:
+                        pass
+        return found
+
+    assert wait_for(lambda: len(training()) >= 2, 120), "the instances never started training"
+    ranks = training()
+    job.cancel()
+    assert wait_for(lambda: not any(alive(pid) for pid in ranks), 30), "a rank outlived cancel"
+    assert job.refresh().status is JobStatus.CANCELLED

@@ -45,7 +45,7 @@ EVENTS = [
 @pytest.fixture
 def job(neural_home):
     store = JobStore()
-    record = store.create(name="Dash", backend="local", status=JobStatus.RUNNING)
+    record = store.create(name="Dash", platform="local", status=JobStatus.RUNNING)
     directory = neural_home / "jobs" / record.id
     (directory / "bundle").mkdir(parents=True)
     spec = spec_summary(compile_model(NET).spec)

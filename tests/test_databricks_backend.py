@@ -21,6 +21,7 @@ import pytest
 
 pytest.importorskip("databricks.sdk")
 
+import neural_jupyter
 from neural_jupyter import api
 from neural_jupyter.backends import databricks
 from neural_jupyter.backends import retry as retry_module
@@ -36,7 +37,7 @@ from neural_jupyter.errors import (
 )
 from neural_jupyter.jobs.store import JobStore
 from neural_jupyter.runtime import data as data_module
-from neural_jupyter.runtime.bundle import RunSettings, build_bundle
+from neural_jupyter.runtime.bundle import RunSettings, build_bundle, launcher_source
 from neural_jupyter.runtime.events import Event, LogLine
 from tests.fakes.databricks_api import TOKEN, USER, FakeDatabricks
 
@@ -74,7 +75,7 @@ def workspace(tmp_path, monkeypatch):
     monkeypatch.setenv("DATABRICKS_TOKEN", TOKEN)
     monkeypatch.delenv("DATABRICKS_CONFIG_PROFILE", raising=False)
     monkeypatch.delenv("NEURAL_JUPYTER_DATABRICKS_STAGING", raising=False)
-    monkeypatch.setattr(DatabricksBackend, "POLL_SECONDS", 0.0)
+    monkeypatch.setattr(DatabricksBackend, "poll_seconds", 0.0)
     monkeypatch.setattr(retry_module, "BASE_WAIT", 0.0)
     yield fake
     fake.stop()
@@ -113,7 +114,14 @@ def test_submit_uploads_and_starts_one_run_on_a_single_node_gpu_cluster(workspac
     assert task["task_key"] == "train" and task["timeout_seconds"] == 7200
     assert task["spark_python_task"] == {
         "python_file": f"dbfs:{BASE}/launch.py",
-        "parameters": [f"/dbfs{BASE}/bundle.tar.gz", f"/dbfs{BASE}/output"],
+        "parameters": [
+            "--bundle",
+            f"/dbfs{BASE}/bundle.tar.gz",
+            "--outputs",
+            f"/dbfs{BASE}/output",
+            "--install-missing",
+            "--budget-margin",
+        ],
     }
     cluster = task["new_cluster"]
     assert cluster["node_type_id"] == cluster["driver_node_type_id"] == "g4dn.xlarge"
@@ -129,7 +137,7 @@ def test_submit_uploads_and_starts_one_run_on_a_single_node_gpu_cluster(workspac
     archive = workspace.file(f"{BASE}/bundle.tar.gz").read_bytes()
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         assert {"train.py", "job.json", "data.npz", "requirements.txt"} <= set(tar.getnames())
-    assert workspace.file(f"{BASE}/launch.py").read_text() == databricks.LAUNCHER
+    assert workspace.file(f"{BASE}/launch.py").read_text() == launcher_source()
 
     assert remote.remote_id == str(workspace.run()["run_id"])
     assert remote.details["host"] == workspace.url and TOKEN not in json.dumps(remote.details)
@@ -152,6 +160,14 @@ def test_existing_cluster_and_cpu_runtime(workspace, bundle_dir, job):
     assert cpu["spark_version"] == databricks.CPU_RUNTIME
     custom = backend.cluster_spec(ResourceSpec(extra={"spark_version": "14.3.x-gpu-ml-scala2.12"}))
     assert custom["spark_version"] == "14.3.x-gpu-ml-scala2.12"
+    # EBS general-purpose volumes hold 100 GB at least; Azure keeps the driver on demand
+    assert (
+        backend.cluster_spec(ResourceSpec(disk_gb=150))["aws_attributes"]["ebs_volume_size"] == 150
+    )
+    with pytest.raises(ConfigurationError, match="100 GB"):
+        backend.cluster_spec(ResourceSpec(disk_gb=50))
+    azure_spot = backend.cluster_spec(ResourceSpec(spot=True), cloud="azure")["azure_attributes"]
+    assert azure_spot["first_on_demand"] >= 1
 
 
 def test_follow_to_success_reads_task_output_and_fetches_outputs(workspace, bundle_dir, job):
@@ -359,3 +375,31 @@ def test_full_submit_on_a_volume_trains_for_real_and_keeps_secrets(workspace, ne
         if path.is_file() and path.suffix not in (".pt", ".npz"):
             texts.append(path.read_text(errors="replace"))
     assert TOKEN not in "\n".join(texts)
+
+
+# --- user code --------------------------------------------------------------------------------
+def test_a_cell_runs_on_the_driver_and_its_outputs_come_back(workspace, neural_home):
+    import numpy as np
+    import pandas as pd
+
+    workspace.execute = True
+    volume = workspace.create_volume("main", "default", "scratch")
+    x, df = np.arange(6.0).reshape(2, 3), pd.DataFrame({"a": [1, 2]})
+    out = neural_jupyter.run_cell(
+        "y = x.T @ x\ndf2 = df.assign(b=df.a * 10)",
+        inputs={"x": x, "df": df},
+        outputs=["y", "df2"],
+        platform="databricks",
+        max_hours=0.25,
+        extra={"staging_path": f"{volume}/nj"},
+        monitor="none",
+    )
+    np.testing.assert_array_equal(out["y"], x.T @ x)
+    assert list(out["df2"].b) == [10, 20]
+    record = JobStore().list(platform="databricks")[0]
+    assert record.status.value == "SUCCEEDED" and record.config["kind"] == "cell"
+    # the runtime is the newest LTS ML runtime with the notebook's Python, where there is one
+    cluster = workspace.calls("POST", r"/jobs/runs/submit$")[0].json["tasks"][0]["new_cluster"]
+    notebook = ".".join(map(str, sys.version_info[:2]))
+    row = databricks.table("databricks").for_python(notebook) or databricks.RUNTIME
+    assert cluster["spark_version"] in (row["gpu"], row["cpu"])

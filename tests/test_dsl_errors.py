@@ -514,7 +514,7 @@ BAD: list[Bad] = [
         6,
         11,
         "epochs: 0",
-        "'epochs' must be >= 1, got 0",
+        "'epochs' must be >= 1 and <= 1000000, got 0",
     ),
     Bad(
         "hpo_range_reversed",
@@ -569,7 +569,7 @@ BAD: list[Bad] = [
         6,
         19,
         "HPO(choice(1, -2))",
-        "'epochs' must be >= 1, got -2",
+        "'epochs' must be >= 1 and <= 1000000, got -2",
     ),
     Bad(
         "hpo_malformed",

@@ -68,6 +68,44 @@ network Signal {
 }
 """,
     """
+define Features {
+  Conv2D(8, (3,3), "relu")
+  MaxPooling2D((2,2))
+}
+network MNISTClassifier {
+  input: (None, 12, 12, 1)
+  layers:
+    Features
+    ResidualConnection() { Conv2D(8, kernel=(3,3), padding="same") }
+    Flatten()
+    Dense(HPO(choice(HPO(range(16, 64, step=16)), 128)), "relu") @ "cuda:0"
+    Dropout(0.5) { Dense(3) }
+    Output(10, "softmax")
+  optimizer: "Adam(learning_rate=HPO(log_range(1e-4, 1e-2)))"
+  batch_size: 32
+  train {
+    epochs: 2
+    search_method: "bayesian"
+  }
+  execute { device: "cuda" }
+}
+""",
+    """
+network MathTransformer {
+  input: (NONE, 16)
+  layers:
+    Transformer(num_heads=2, ff_dim=32) * 2
+    TransformerEncoder()
+    GlobalAveragePooling1D()
+    Dense(8, activation="relu") @ "cpu"
+    Output(units=3, activation="softmax")
+  loss: "cross_entropy"
+  optimizer: SGD(learning_rate="ExponentialDecay(0.1, 1000, 0.96)", momentum=0.9)
+  epochs: 3
+  execution { device: "gpu" platform: "colab" }
+}
+""",
+    """
 network Volume {
   input: (6, 6, 6, 1)
   layers:
@@ -107,7 +145,19 @@ NAMES = [
     "epochs",
     "true",
     "None",
+    "NONE",
+    "none",
     "null",
+    "execution",
+    "execute",
+    "device",
+    "batch_size",
+    "search_method",
+    "validation_split",
+    "Transformer",
+    "ResidualConnection",
+    "kernel",
+    "Features",
     "ConvBlock",
     "Digits",
     "class",
@@ -143,6 +193,16 @@ PIECES = [
     "HPO(choice(1, 2))",
     "HPO(range(1, 4))",
     "Residual { Dense(2) }",
+    "@",
+    '@ "cuda:0"',
+    '@ "tpu"',
+    "None",
+    "(None, ",
+    "{ Dense(2) }",
+    "HPO(choice(HPO(range(1, 4)), 8))",
+    '"Adam(learning_rate=0.1)"',
+    "execution { device: 'cpu' }",
+    'search_method: "random"',
     "Flatten()",
     "* 2",
     "é",
@@ -273,7 +333,7 @@ def check_never_crashes(source: str) -> None:
             assert err.line >= 1
         return
     for backend in ("pytorch", "keras"):
-        code = model.for_backend(backend).code
+        code = model.for_framework(backend).code
         compile(code, f"<{backend}>", "exec")  # valid Python
     assert model.spec.trainable_params("pytorch") >= 0
     assert model.spec.trainable_params("keras") >= 0
@@ -292,7 +352,7 @@ def test_mutated_programs_compile_or_raise_dsl_errors(source):
 def test_seeds_compile():
     for seed in SEEDS:
         model = compile_model(seed)
-        assert model.code and model.for_backend("keras").code
+        assert model.code and model.for_framework("keras").code
 
 
 @given(st.text(max_size=200))

@@ -19,8 +19,8 @@ import pytest
 from neural_jupyter.compiler import compile_all, compile_model
 from neural_jupyter.dsl import ir, parse
 from neural_jupyter.dsl.analyzer import RESERVED_NAMES
+from neural_jupyter.dsl.lark_parser import parser as _parser
 from neural_jupyter.dsl.layers import LAYERS
-from neural_jupyter.dsl.parser import _parser
 from neural_jupyter.dsl.training import LOSSES
 from neural_jupyter.errors import ConfigurationError, DSLError, DSLSyntaxError, DSLValidationError
 
@@ -315,7 +315,7 @@ def test_with_hparams_recompiles_and_keeps_other_values():
     assert changed.hparams["drop"] == 0.4
     assert changed.hparams["dense_1.units"] == 32  # kept from the first compile
     assert changed is not model and model.hparams["drop"] == 0.1
-    assert changed.backend == model.backend
+    assert changed.framework == model.framework
     assert changed.spec.layers[1].values["rate"] == 0.4
 
 
@@ -574,7 +574,7 @@ def test_code_generation_is_deterministic_in_a_process():
         first = compile_model(RICH_SOURCE, backend).code
         second = compile_model(RICH_SOURCE, backend).code
         assert first == second
-        assert compile_model(RICH_SOURCE).for_backend(backend).code == first
+        assert compile_model(RICH_SOURCE).for_framework(backend).code == first
 
 
 def test_code_generation_is_deterministic_across_processes(tmp_path):
@@ -585,7 +585,7 @@ def test_code_generation_is_deterministic_across_processes(tmp_path):
         "from neural_jupyter.compiler import compile_model\n"
         "source = sys.stdin.read()\n"
         "m = compile_model(source)\n"
-        "sys.stdout.write(m.code + m.for_backend('keras').code)\n"
+        "sys.stdout.write(m.code + m.for_framework('keras').code)\n"
     )
     outputs = []
     for seed in ("1", "2", "12345"):
@@ -692,7 +692,7 @@ def test_only_validated_strings_reach_generated_code():
         }
     )
     for backend in ("pytorch", "keras"):
-        code = model.for_backend(backend).code
+        code = model.for_framework(backend).code
         assert marker not in code
         assert _string_constants(code) <= allowed, _string_constants(code) - allowed
 
@@ -701,7 +701,7 @@ def test_generated_module_names_are_reserved():
     """A network becomes a class: it must not be able to shadow a name the code defines."""
     model = compile_model(RICH_SOURCE)
     for backend in ("pytorch", "keras"):
-        tree = ast.parse(model.for_backend(backend).code)
+        tree = ast.parse(model.for_framework(backend).code)
         defined = set()
         for node in tree.body:
             if isinstance(node, (ast.ClassDef, ast.FunctionDef)):

@@ -32,6 +32,7 @@ from neural_jupyter.runtime.environment import (
 from neural_jupyter.runtime.gpu_settings import (
     MEMORY_GROWTH_ENV,
     apply_to_kernel,
+    ids_for_count,
     job_environment,
 )
 
@@ -599,6 +600,27 @@ def test_job_environment_selects_gpus(gpus, visible):
     assert {k: env[k] for k in MEMORY_GROWTH_ENV} == dict(MEMORY_GROWTH_ENV)
 
 
+@pytest.mark.parametrize(
+    ("count", "environ", "ids"),
+    [
+        (0, {}, "none"),
+        (1, {}, "0"),
+        (3, {}, "0,1,2"),
+        (1, {"CUDA_VISIBLE_DEVICES": "2,3"}, "2"),  # the kernel's own choice is honoured
+        (2, {"CUDA_VISIBLE_DEVICES": " 2, 3 "}, "2,3"),
+    ],
+)
+def test_a_gpu_count_becomes_the_first_visible_ids(count, environ, ids):
+    assert ids_for_count(count, environ) == ids
+
+
+def test_a_gpu_count_above_what_the_kernel_sees_is_refused():
+    with pytest.raises(ConfigurationError, match="--gpus 2: this kernel sees only 1 GPU"):
+        ids_for_count(2, {"CUDA_VISIBLE_DEVICES": "3"})
+    with pytest.raises(ConfigurationError, match="sees only 0 GPU"):
+        ids_for_count(1, {"CUDA_VISIBLE_DEVICES": "-1"})
+
+
 def test_gpus_all_leaves_devices_alone():
     assert "CUDA_VISIBLE_DEVICES" not in job_environment("all")
 
@@ -607,7 +629,7 @@ def test_gpus_all_leaves_devices_alone():
 def test_bad_gpus_value_is_a_configuration_error_naming_the_option(bad):
     with pytest.raises(ConfigurationError) as caught:
         job_environment(bad)
-    assert "--gpus" in str(caught.value)
+    assert "--gpu-ids" in str(caught.value)
     assert repr(bad) in str(caught.value)
 
 

@@ -119,7 +119,7 @@ def ruff_report(tmp_path_factory) -> dict[str, list[str]]:
     for case in ALL_CASES:
         model = compile_model(case.source)
         for backend in BACKENDS:
-            (folder / f"{case.id}__{backend}.py").write_text(model.for_backend(backend).code)
+            (folder / f"{case.id}__{backend}.py").write_text(model.for_framework(backend).code)
     problems: dict[str, list[str]] = {path.name: [] for path in folder.iterdir()}
     check = _ruff(
         "check", "--isolated", "--select", "E,F,W,I", "--output-format", "json", str(folder)

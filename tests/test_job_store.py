@@ -97,7 +97,7 @@ def test_default_store_lives_in_home(neural_home):
 
 def test_create_and_get(store):
     job = store.create(
-        name="DigitNet", backend="local", model_name="DigitNet", job_dir=Path("/tmp/j")
+        name="DigitNet", platform="local", model_name="DigitNet", job_dir=Path("/tmp/j")
     )
     assert job.id.startswith("nj-") and len(job.id) == 11
     int(job.id[3:], 16)
@@ -113,19 +113,19 @@ def test_create_and_get(store):
 
 
 def test_ids_are_unique(store):
-    ids = {store.create(name=f"n{i}", backend="local").id for i in range(200)}
+    ids = {store.create(name=f"n{i}", platform="local").id for i in range(200)}
     assert len(ids) == 200
 
 
 def test_id_collision_draws_again(store, fixed_ids):
     fixed_ids("0000aaaa", "0000aaaa", "0000bbbb")
-    assert store.create(name="a", backend="local").id == "nj-0000aaaa"
-    assert store.create(name="b", backend="local").id == "nj-0000bbbb"
+    assert store.create(name="a", platform="local").id == "nj-0000aaaa"
+    assert store.create(name="b", platform="local").id == "nj-0000bbbb"
 
 
 def test_get_by_unique_prefix_with_or_without_nj(store, fixed_ids):
     fixed_ids("abc00001", "abc00002", "fff00000")
-    a, b, f = (store.create(name=n, backend="local") for n in "abf")
+    a, b, f = (store.create(name=n, platform="local") for n in "abf")
     assert store.get("nj-f") == f
     assert store.get("fff") == f
     assert store.get("abc00001") == a
@@ -135,7 +135,7 @@ def test_get_by_unique_prefix_with_or_without_nj(store, fixed_ids):
 def test_ambiguous_prefix_lists_candidates(store, fixed_ids):
     fixed_ids("abc00001", "abc00002", "fff00000")
     for n in "abf":
-        store.create(name=n, backend="local")
+        store.create(name=n, platform="local")
     with pytest.raises(AmbiguousJobIdError) as info:
         store.get("nj-abc")
     assert isinstance(info.value, JobStoreError)
@@ -147,7 +147,7 @@ def test_ambiguous_prefix_lists_candidates(store, fixed_ids):
 
 @pytest.mark.parametrize("ref", ["nj-deadbeef", "zzz", "", "   "])
 def test_unknown_id(store, ref):
-    store.create(name="x", backend="local")
+    store.create(name="x", platform="local")
     with pytest.raises(JobNotFoundError) as info:
         store.get(ref)
     assert isinstance(info.value, NeuralError) and isinstance(info.value, LookupError)
@@ -157,22 +157,22 @@ def test_unknown_id(store, ref):
 
 def test_create_validates_fields(store):
     with pytest.raises(TypeError):
-        store.create(name="", backend="local")
+        store.create(name="", platform="local")
     with pytest.raises(TypeError):
-        store.create(name="x", backend=None)
+        store.create(name="x", platform=None)
     with pytest.raises(ValueError, match="unknown job status"):
-        store.create(name="x", backend="local", status="DONE")
+        store.create(name="x", platform="local", status="DONE")
     with pytest.raises(TypeError, match="config"):
-        store.create(name="x", backend="local", config=[1, 2])
+        store.create(name="x", platform="local", config=[1, 2])
     with pytest.raises(TypeError, match="JSON"):
-        store.create(name="x", backend="local", config={"f": object()})
+        store.create(name="x", platform="local", config={"f": object()})
     assert store.list() == []
 
 
 def test_create_with_initial_status_sets_timestamps(store):
-    running = store.create(name="r", backend="ssh", status="running")
+    running = store.create(name="r", platform="ssh", status="running")
     assert running.status is JobStatus.RUNNING and running.started_at == running.created_at
-    done = store.create(name="d", backend="ssh", status=JobStatus.FAILED)
+    done = store.create(name="d", platform="ssh", status=JobStatus.FAILED)
     assert done.finished_at == done.created_at
 
 
@@ -180,7 +180,7 @@ def test_create_with_initial_status_sets_timestamps(store):
 
 
 def test_update_sets_fields_and_updated_at(store):
-    job = store.create(name="n", backend="sagemaker", config={"lr": 0.1})
+    job = store.create(name="n", platform="sagemaker", config={"lr": 0.1})
     updated = store.update(
         job.id[:6],
         remote_id="arn:aws:sagemaker:job/abc",
@@ -199,7 +199,7 @@ def test_update_sets_fields_and_updated_at(store):
 
 
 def test_update_rejects_unknown_and_read_only_fields(store):
-    job = store.create(name="n", backend="local")
+    job = store.create(name="n", platform="local")
     with pytest.raises(TypeError, match="colour"):
         store.update(job.id, colour="red")
     with pytest.raises(TypeError, match="set_status"):
@@ -215,15 +215,15 @@ def test_update_rejects_unknown_and_read_only_fields(store):
 
 
 def test_update_to_a_taken_idempotency_key_fails(store):
-    store.create(name="a", backend="local", idempotency_key="k1")
-    b = store.create(name="b", backend="local", idempotency_key="k2")
+    store.create(name="a", platform="local", idempotency_key="k1")
+    b = store.create(name="b", platform="local", idempotency_key="k2")
     with pytest.raises(DuplicateIdempotencyKeyError, match="k1"):
         store.update(b.id, idempotency_key="k1")
     assert store.get(b.id).idempotency_key == "k2"
 
 
 def test_status_transitions_and_timestamps(store):
-    job = store.create(name="n", backend="local")
+    job = store.create(name="n", platform="local")
     running = store.set_status(job.id, JobStatus.RUNNING)
     assert running.status is JobStatus.RUNNING
     assert running.started_at is not None and running.finished_at is None
@@ -244,7 +244,7 @@ def test_status_transitions_and_timestamps(store):
 
 @pytest.mark.parametrize("final", [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED])
 def test_terminal_status_is_final(store, final):
-    job = store.create(name="n", backend="local")
+    job = store.create(name="n", platform="local")
     store.set_status(job.id, "RUNNING")
     finished = store.set_status(job.id, final, exit_code=3, error="boom")
     for late in JobStatus:
@@ -264,7 +264,7 @@ def test_is_terminal():
 
 
 def test_error_summary_is_redacted_and_short(store):
-    job = store.create(name="n", backend="local")
+    job = store.create(name="n", platform="local")
     failed = store.set_status(
         job.id, "FAILED", exit_code=1, error="login failed password=hunter2secret\n" + "x" * 9000
     )
@@ -277,10 +277,10 @@ def test_error_summary_is_redacted_and_short(store):
 
 def test_list_newest_first_with_filters_and_limit(store):
     made = []
-    for i, (backend, sweep) in enumerate(
+    for i, (platform, sweep) in enumerate(
         itertools.islice(itertools.cycle([("local", "s1"), ("ssh", None), ("local", None)]), 9)
     ):
-        made.append(store.create(name=f"j{i}", backend=backend, sweep_id=sweep))
+        made.append(store.create(name=f"j{i}", platform=platform, sweep_id=sweep))
     store.set_status(made[0].id, "RUNNING")
     store.set_status(made[4].id, "FAILED")
     store.set_status(made[8].id, "RUNNING")
@@ -288,15 +288,15 @@ def test_list_newest_first_with_filters_and_limit(store):
     assert [j.id for j in store.list()] == [j.id for j in reversed(made)]
     assert [j.name for j in store.list(limit=2)] == ["j8", "j7"]
     assert store.list(limit=0) == []
-    assert [j.name for j in store.list(backend="ssh")] == ["j7", "j4", "j1"]
+    assert [j.name for j in store.list(platform="ssh")] == ["j7", "j4", "j1"]
     assert [j.name for j in store.list(sweep_id="s1")] == ["j6", "j3", "j0"]
     assert [j.name for j in store.list(status="RUNNING")] == ["j8", "j0"]
-    assert [j.name for j in store.list(status=JobStatus.FAILED, backend="ssh")] == ["j4"]
+    assert [j.name for j in store.list(status=JobStatus.FAILED, platform="ssh")] == ["j4"]
     assert [j.name for j in store.list(status=[JobStatus.RUNNING, "FAILED"], limit=2)] == [
         "j8",
         "j4",
     ]
-    assert store.list(backend="vertex") == []
+    assert store.list(platform="vertex") == []
     with pytest.raises(ValueError):
         store.list(status="DONE")
     with pytest.raises(ValueError):
@@ -304,8 +304,8 @@ def test_list_newest_first_with_filters_and_limit(store):
 
 
 def test_delete(store):
-    a = store.create(name="a", backend="local")
-    b = store.create(name="b", backend="local")
+    a = store.create(name="a", platform="local")
+    b = store.create(name="b", platform="local")
     store.delete(a.id)
     with pytest.raises(JobNotFoundError):
         store.get(a.id)
@@ -318,33 +318,33 @@ def test_delete(store):
 
 
 def test_idempotency_key_is_unique(store):
-    first = store.create(name="a", backend="sagemaker", idempotency_key="cell-1")
+    first = store.create(name="a", platform="sagemaker", idempotency_key="cell-1")
     with pytest.raises(DuplicateIdempotencyKeyError) as info:
-        store.create(name="b", backend="sagemaker", idempotency_key="cell-1")
+        store.create(name="b", platform="sagemaker", idempotency_key="cell-1")
     assert isinstance(info.value, JobStoreError)
     assert "cell-1" in str(info.value) and first.id in str(info.value)
     assert info.value.existing == first
     assert store.list() == [first]
     # jobs without a key never collide
-    store.create(name="c", backend="local")
-    store.create(name="d", backend="local")
+    store.create(name="c", platform="local")
+    store.create(name="d", platform="local")
     assert len(store.list()) == 3
 
 
 def test_create_or_get(store):
     job, created = store.create_or_get(
-        idempotency_key="k", name="n", backend="local", config={"lr": 0.1}, status="RUNNING"
+        idempotency_key="k", name="n", platform="local", config={"lr": 0.1}, status="RUNNING"
     )
     assert created and job.config == {"lr": 0.1} and job.status is JobStatus.RUNNING
-    again, created_again = store.create_or_get(idempotency_key="k", name="other", backend="ssh")
+    again, created_again = store.create_or_get(idempotency_key="k", name="other", platform="ssh")
     assert not created_again and again == job
     assert store.find("k") == job
     assert store.find("nope") is None
     assert len(store.list()) == 1
     with pytest.raises(TypeError):
-        store.create_or_get(idempotency_key="k2", name="n", backend="local", colour="red")
+        store.create_or_get(idempotency_key="k2", name="n", platform="local", colour="red")
     with pytest.raises(JobStoreError):
-        store.create_or_get(idempotency_key="", name="n", backend="local")
+        store.create_or_get(idempotency_key="", name="n", platform="local")
 
 
 # ------------------------------------------------------------------------ JSON fields
@@ -365,14 +365,14 @@ json_values = st.recursive(
     config=st.dictionaries(st.text(), json_values, max_size=5),
 )
 def test_json_fields_round_trip(store, metrics, artifacts, config):
-    job = store.create(name="n", backend="local", config=config)
+    job = store.create(name="n", platform="local", config=config)
     store.update(job.id, metrics=metrics, artifacts=artifacts)
     back = store.get(job.id)
     assert (back.metrics, back.artifacts, back.config) == (metrics, artifacts, config)
 
 
 def test_numpy_values_and_nan_are_stored(store):
-    job = store.create(name="n", backend="local")
+    job = store.create(name="n", platform="local")
     back = store.set_status(
         job.id,
         "SUCCEEDED",
@@ -386,8 +386,8 @@ def test_numpy_values_and_nan_are_stored(store):
 
 
 def test_instances(store):
-    job = store.create(name="n", backend="ssh")
-    other = store.create(name="o", backend="ssh")
+    job = store.create(name="n", platform="ssh")
+    other = store.create(name="o", platform="ssh")
     a = store.add_instance(job.id, provider="lambda", instance_id="i-1", hourly_price=1.29)
     b = store.add_instance(other.id, provider="aws", instance_id="i-2", status="running")
     assert a.job_id == job.id and a.terminated_at is None and a.hourly_price == 1.29
@@ -425,7 +425,7 @@ def test_wal_mode_and_schema_version(store):
     conn = raw(store.path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     finally:
         conn.close()
 
@@ -468,7 +468,7 @@ def test_migration_from_v1_keeps_data(tmp_path):
     assert old == JobRecord(
         id="nj-0123abcd",
         name="Old",
-        backend="local",
+        platform="local",
         status=JobStatus.SUCCEEDED,
         created_at="2024-01-01T00:00:00.000000+00:00",
         updated_at="2024-01-01T00:00:01.000000+00:00",
@@ -480,10 +480,10 @@ def test_migration_from_v1_keeps_data(tmp_path):
     assert store.find("old-key") == old
     conn = raw(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"jobs", "instances"} <= tables
+        assert {"jobs", "instances", "endpoints"} <= tables
     finally:
         conn.close()
     assert store.add_instance(old.id, provider="aws", instance_id="i-9").job_id == old.id
@@ -497,8 +497,8 @@ def test_failed_migration_rolls_back(tmp_path, monkeypatch):
     conn.execute("PRAGMA user_version = 1")
     conn.close()
     broken = (MIGRATIONS[0], "CREATE TABLE instances (id INTEGER);\nNOT SQL AT ALL;\n")
-    monkeypatch.setattr(store_module, "MIGRATIONS", broken)
-    with pytest.raises(JobStoreError, match="schema version 1 to 2"):
+    monkeypatch.setattr(store_module, "MIGRATIONS", (*broken, *MIGRATIONS[2:]))
+    with pytest.raises(JobStoreError, match=f"schema version 1 to {SCHEMA_VERSION}"):
         JobStore(path)
     conn = raw(path)
     try:
@@ -512,7 +512,7 @@ def test_failed_migration_rolls_back(tmp_path, monkeypatch):
 def test_newer_schema_is_refused_and_left_alone(tmp_path):
     path = tmp_path / "jobs.sqlite"
     with JobStore(path) as store:
-        store.create(name="future", backend="local")
+        store.create(name="future", platform="local")
     conn = raw(path)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
@@ -530,7 +530,7 @@ def _damaged_files(tmp_path: Path) -> dict[str, bytes]:
     healthy = tmp_path / "healthy.sqlite"
     store = JobStore(healthy)
     for i in range(300):
-        store.create(name=f"job-{i}", backend="local", config={"padding": "x" * 200})
+        store.create(name=f"job-{i}", platform="local", config={"padding": "x" * 200})
     store.close()
     data = healthy.read_bytes()  # all connections closed, so the WAL is checkpointed
     assert len(data) > 16 * 4096
@@ -562,7 +562,7 @@ def test_empty_file_becomes_a_new_store(tmp_path):
     path = tmp_path / "jobs.sqlite"
     path.touch()
     store = JobStore(path)
-    assert store.get(store.create(name="n", backend="local").id).name == "n"
+    assert store.get(store.create(name="n", platform="local").id).name == "n"
 
 
 # ------------------------------------------------------------------------ concurrency
@@ -571,7 +571,7 @@ def test_empty_file_becomes_a_new_store(tmp_path):
 def test_close_and_reuse(tmp_path):
     path = tmp_path / "jobs.sqlite"
     with JobStore(path) as store:
-        job = store.create(name="n", backend="local")
+        job = store.create(name="n", platform="local")
     assert not Path(f"{path}-wal").exists()  # last connection closed: WAL checkpointed
     assert store.get(job.id) == job  # a closed store still works
     store.close()
@@ -580,18 +580,18 @@ def test_close_and_reuse(tmp_path):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_store_used_across_fork(store):
-    store.create(name="parent", backend="local")
+    store.create(name="parent", platform="local")
     pid = os.fork()
     if pid == 0:  # child: use the inherited store, then leave without pytest's teardown
         code = 1
         try:
-            store.set_status(store.create(name="child", backend="local").id, "RUNNING")
+            store.set_status(store.create(name="child", platform="local").id, "RUNNING")
             code = 0
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    store.create(name="parent2", backend="local")
+    store.create(name="parent2", platform="local")
     assert [j.name for j in store.list()] == ["parent2", "child", "parent"]
     assert store.list(status="RUNNING")[0].name == "child"
 
@@ -603,9 +603,9 @@ def test_threads_share_a_store(store):
     def writer(tag: int) -> None:
         try:
             for i in range(40):
-                job = store.create(name=f"t{tag}-{i}", backend="local")
+                job = store.create(name=f"t{tag}-{i}", platform="local")
                 store.set_status(job.id, "RUNNING")
-                store.create_or_get(idempotency_key=f"shared-{i % 10}", name="s", backend="l")
+                store.create_or_get(idempotency_key=f"shared-{i % 10}", name="s", platform="l")
                 store.set_status(job.id, "SUCCEEDED", metrics={"i": i})
         except BaseException as exc:
             errors.append(exc)
@@ -648,9 +648,9 @@ sys.stdin.readline()  # start writing together
 started = time.time()
 created_shared = 0
 for i in range(count):
-    job = store.create(name=f"{tag}-{i}", backend="local", idempotency_key=f"{tag}-{i}")
+    job = store.create(name=f"{tag}-{i}", platform="local", idempotency_key=f"{tag}-{i}")
     store.set_status(job.id, "RUNNING")
-    _, created = store.create_or_get(idempotency_key=f"shared-{i % 50}", name="s", backend="l")
+    _, created = store.create_or_get(idempotency_key=f"shared-{i % 50}", name="s", platform="l")
     created_shared += created
     store.update(job.id, host=tag, metrics={"i": i})
     store.set_status(job.id, "SUCCEEDED", exit_code=0)
@@ -709,7 +709,7 @@ directory, tag = Path(sys.argv[1]), sys.argv[2]
 print("ready", flush=True)
 sys.stdin.readline()
 for n in range(30):  # the workers race to create and migrate each new file
-    JobStore(directory / f"{n}.sqlite").create(name=tag, backend="local")
+    JobStore(directory / f"{n}.sqlite").create(name=tag, platform="local")
 """
 
 

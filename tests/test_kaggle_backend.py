@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from fakes.kaggle_api import SERVICE, FakeKaggle, Script
 
+import neural_jupyter
 from neural_jupyter import api
 from neural_jupyter.backends import get_backend
 from neural_jupyter.backends import retry as retry_module
@@ -193,14 +194,14 @@ def test_submit_pushes_a_private_gpu_script_kernel(kaggle, tmp_path, small_bundl
     assert submission.remote_id == f"alice/{slug}"
     calls = [r.path.rsplit("/", 1)[1] for r in kaggle.requests]
     assert calls == ["GetKernelSessionStatus", "SaveKernel"]  # looked first: never push twice
-    body = kaggle.calls("SaveKernel")[0].body
+    body = kaggle.calls("POST", "SaveKernel$")[0].json
     assert body["slug"] == f"alice/{slug}" and body["newTitle"] == slug
     assert body["isPrivate"] is True and body["enableGpu"] is True
     assert body["enableInternet"] is False and body["kernelType"] == "script"
     assert body["language"] == "python" and body["machineShape"] == "NvidiaTeslaT4"
     assert body["sessionTimeoutSeconds"] == 7200
     assert {"train.py", "job.json", "data.npz"} <= embedded_names(body["text"])
-    assert API_KEY not in json.dumps([r.body for r in kaggle.requests])
+    assert API_KEY not in repr([r.body for r in kaggle.requests])
     assert submission.details["url"] == f"https://www.kaggle.com/code/alice/{slug}"
 
 
@@ -212,7 +213,7 @@ def test_data_from_a_dataset_is_not_embedded(kaggle, tmp_path, small_bundle, mon
         submit(kaggle, tmp_path, small_bundle)
     assert "--set dataset=OWNER/SLUG" in caught.value.hint and kaggle.requests == []
     submit(kaggle, tmp_path, small_bundle, extra={"dataset": "alice/digits-npz"})
-    body = kaggle.calls("SaveKernel")[0].body
+    body = kaggle.calls("POST", "SaveKernel$")[0].json
     assert body["datasetDataSources"] == ["alice/digits-npz"]
     assert "data.npz" not in embedded_names(body["text"])
 
@@ -305,34 +306,35 @@ def test_bad_key_is_an_auth_error_with_kaggles_message(kaggle, tmp_path, small_b
 
 @pytest.mark.parametrize("lost_reply", [False, True])
 def test_transient_503_is_retried_into_exactly_one_run(kaggle, tmp_path, small_bundle, lost_reply):
-    kaggle.fail("SaveKernel", 503, "The service is unavailable", after=lost_reply)
+    kaggle.fail("POST", "SaveKernel", 503, "The service is unavailable", after=lost_reply)
     _job, submission = submit(kaggle, tmp_path, small_bundle)
     ref = submission.remote_id
     assert kaggle.kernels[ref]["version"] == 1 and len(kaggle.sessions) == 1
-    saves = len(kaggle.calls("SaveKernel"))
+    saves = len(kaggle.calls("POST", "SaveKernel$"))
     assert saves == (1 if lost_reply else 2)  # a push that went through is never repeated
     again = kaggle.backend.submit(small_bundle, remote_job(tmp_path), ResourceSpec())
     assert again.remote_id == ref and kaggle.kernels[ref]["version"] == 1
 
 
 def test_permanent_errors_are_not_retried(kaggle, tmp_path, small_bundle):
-    kaggle.fail("SaveKernel", 400, "Invalid machine shape 'NvidiaH999'")
+    kaggle.fail("POST", "SaveKernel", 400, "Invalid machine shape 'NvidiaH999'")
     with pytest.raises(PlatformError, match="Invalid machine shape") as caught:
         submit(kaggle, tmp_path, small_bundle, extra={"machine_shape": "NvidiaH999"})
     assert not isinstance(caught.value, PlatformAuthError)
-    assert len(kaggle.calls("SaveKernel")) == 1
-    kaggle.fail("SaveKernel", 400, "You have exceeded your weekly GPU quota")
+    assert len(kaggle.calls("POST", "SaveKernel$")) == 1
+    kaggle.fail("POST", "SaveKernel", 400, "You have exceeded your weekly GPU quota")
     with pytest.raises(QuotaError):
         submit(kaggle, tmp_path, small_bundle)
-    assert len(kaggle.calls("SaveKernel")) == 2
+    assert len(kaggle.calls("POST", "SaveKernel$")) == 2
 
 
 # --- through the API ----------------------------------------------------------------------------
 def test_dry_run_shows_the_push_and_sends_nothing(kaggle):
-    plan = api.submit(SMALL, "digits", platform="kaggle", instance="gpu-p100", dry_run=True)
+    with pytest.warns(DeprecationWarning, match="retired"):  # Kaggle's P100s are gone
+        plan = api.submit(SMALL, "digits", platform="kaggle", instance="gpu-p100", dry_run=True)
     assert kaggle.requests == []
     push = plan.request["SaveKernel"]
-    assert push["isPrivate"] is True and push["machineShape"] == "NvidiaTeslaP100"
+    assert push["isPrivate"] is True and push["machineShape"] == "NvidiaTeslaT4"
     assert plan.cost.total_usd == 0.0
 
 
@@ -349,7 +351,7 @@ def test_full_run_through_the_api(kaggle, capsys):
     assert len(run.history) == 3 and run.artifacts["weights"].exists()
     assert sum(p.numel() for p in run.model().parameters()) > 0
     again = api.submit(SMALL, "digits", platform="kaggle", instance="gpu-t4x2", monitor="none")
-    assert again.job_id == run.job_id and len(kaggle.calls("SaveKernel")) == 1
+    assert again.job_id == run.job_id and len(kaggle.calls("POST", "SaveKernel$")) == 1
     # the API key is nowhere we write or show
     job = Job.load(run.job_id)
     texts = [out, capsys.readouterr().out]
@@ -358,8 +360,27 @@ def test_full_run_through_the_api(kaggle, capsys):
     for path in job.directory.rglob("*"):
         if path.is_file() and path.suffix not in (".pt", ".npz"):
             texts.append(path.read_text(errors="replace"))
-    texts.extend(json.dumps(r.body) for r in kaggle.requests)
+    texts.extend(r.body.decode("utf-8", "replace") for r in kaggle.requests)
     assert API_KEY not in "\n".join(texts)
     assert all(
         SERVICE in r.path or "/files/" in r.path or "logs" in r.path for r in kaggle.requests
     )
+
+
+# --- user code --------------------------------------------------------------------------------
+def test_a_decorated_function_runs_as_a_kernel(kaggle, neural_home):
+    """The user-code bundle embedded in the kernel script; its value comes back among the
+    kernel's output files."""
+    import numpy as np
+    from usercode_jobs import scaled
+
+    kaggle.execute = True
+    remote_scaled = neural_jupyter.remote(platform="kaggle", monitor="none")(scaled)
+    out = remote_scaled([1.0, 2.0], factor=3.0)
+    np.testing.assert_array_equal(out["values"], [3.0, 6.0])
+    (push,) = kaggle.calls("POST", "SaveKernel$")
+    names = embedded_names(push.json["text"])
+    assert {"train.py", "payload.pkl", "neural_jupyter_progress/__init__.py"} <= names
+    assert "launcher.py" not in names  # the kernel script is the launcher itself
+    record = JobStore().list(platform="kaggle")[0]
+    assert record.status is JobStatus.SUCCEEDED and record.config["kind"] == "function"

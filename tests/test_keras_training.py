@@ -1,7 +1,7 @@
 """The generated Keras 3 ``train.py``: real training runs (Keras on its torch backend, CPU).
 
 Every run is a real ``python train.py`` subprocess on a bundle from ``build_bundle(...,
-backend="keras")``. The independent runs start together (module fixture) so the module
+framework="keras")``. The independent runs start together (module fixture) so the module
 takes about as long as its slowest run.
 """
 
@@ -149,7 +149,7 @@ def make_bundle(directory: Path, source: str, dataset=None, **overrides) -> tupl
     spec = compile_model(source, "keras").spec
     data = dataset(spec) if callable(dataset) else dataset or synthetic(spec)
     settings = RunSettings.from_spec(spec, **overrides)
-    bundle = build_bundle(spec, data, directory, settings, job_id=directory.name, backend="keras")
+    bundle = build_bundle(spec, data, directory, settings, job_id=directory.name, framework="keras")
     return bundle.path, spec
 
 

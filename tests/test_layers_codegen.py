@@ -298,7 +298,7 @@ def test_pytorch_model_matches_spec(case):
 @needs_frameworks
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_keras_model_matches_spec(case):
-    model = compiled(case).for_backend("keras")
+    model = compiled(case).for_framework("keras")
     built = model.build()
     out = run_keras(built, sample_input(model))
     assert out.shape == (2, *model.spec.output_shape)
@@ -434,7 +434,7 @@ def _randomize_batchnorm_statistics(model: CompiledModel, keras_model) -> None:
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_pytorch_and_keras_compute_the_same_function(case):
     model = compiled(case)
-    keras_model = model.for_backend("keras").build()
+    keras_model = model.for_framework("keras").build()
     module = model.build()
     _randomize_batchnorm_statistics(model, keras_model)
     for layer in model.spec.layers:
@@ -501,7 +501,7 @@ def test_same_pooling_reference_agrees_with_keras(kind, reduce, size, pool, stri
         )
     model, x = _pool_model_and_input(kind, size, pool, stride)
     expected = _same_pool_reference(x, pool, stride, reduce)
-    got = run_keras(model.for_backend("keras").build(), x)
+    got = run_keras(model.for_framework("keras").build(), x)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
@@ -554,7 +554,7 @@ def test_flatten_after_conv_is_channels_last_order():
 def test_softmax_after_conv_normalizes_the_channel_axis():
     model = compiled(CASES[CASE_IDS.index("activation_softmax_after_conv")])
     x = sample_input(model)
-    for out in (run_torch(model.build(), x), run_keras(model.for_backend("keras").build(), x)):
+    for out in (run_torch(model.build(), x), run_keras(model.for_framework("keras").build(), x)):
         np.testing.assert_allclose(out.sum(axis=-1), 1.0, rtol=1e-5)
         assert (out > 0).all()
 

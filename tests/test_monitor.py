@@ -8,8 +8,10 @@ The widgets are real ipywidgets objects; no front-end is needed to build and rea
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
+import threading
 import time
 from types import SimpleNamespace
 
@@ -19,6 +21,7 @@ from neural_jupyter.jobs.tracker import Progress
 from neural_jupyter.runtime.events import Event, LogLine, parse_line
 from neural_jupyter.ui.monitor import (
     LOG_LINES,
+    LOG_SHOWN,
     TextMonitor,
     WidgetMonitor,
     make_monitor,
@@ -31,7 +34,7 @@ RENDERS_PER_SECOND = 10  # the most redraws a second the monitor may make (issue
 
 def make_job(name: str = "DigitNet") -> SimpleNamespace:
     return SimpleNamespace(
-        id="nj-0123abcd", name=name, record=SimpleNamespace(backend="local"), progress=Progress()
+        id="nj-0123abcd", name=name, record=SimpleNamespace(platform="local"), progress=Progress()
     )
 
 
@@ -185,8 +188,8 @@ def test_widget_shows_state_badge_progress_values_and_eta():
     assert "on local" in header and "cpu" in header
     assert (view.epoch_bar.max, view.epoch_bar.value) == (3, 0)
     assert (view.batch_bar.max, view.batch_bar.value) == (10, 4)
-    assert "epoch 0/3 · batch 4/10 · loss 0.5000" in view.progress_text.value
-    assert re.search(r"ETA \d+:\d\d", view.progress_text.value), view.progress_text.value
+    assert "epoch 0/3 · batch 4/10 · batch loss 0.5000" in view.progress_text.value
+    assert re.search(r"ETA \d+:\d\d", view.eta_text.value), view.eta_text.value
 
 
 def test_widget_chart_gets_points_after_epoch_events():
@@ -208,7 +211,7 @@ def test_widget_chart_gets_points_after_epoch_events():
     assert len(series["loss"].split()) == 3
 
 
-def test_widget_finish_shows_the_summary_and_disables_the_buttons():
+def test_widget_finish_shows_the_summary_and_removes_the_buttons():
     view = WidgetMonitor(make_job())
     feed_epochs(view, epochs=3)
     feed(view, line("artifact", name="weights", path="output/model.pt", bytes=10))
@@ -219,6 +222,65 @@ def test_widget_finish_shows_the_summary_and_disables_the_buttons():
     assert "<td>val_accuracy</td><td>0.9300</td>" in view.summary.value
     assert "artifacts: weights" in view.summary.value
     assert view.cancel_button.disabled and view.detach_button.disabled
+    assert view.controls.layout.display == "none"  # no dead buttons left on screen
+
+
+def test_finished_header_line_agrees_with_the_summary_table():
+    """Issue 13: 'epoch 10/10 · batch 0/23 · loss 0.2252' above a table saying 0.1498."""
+    view = WidgetMonitor(make_job())
+    feed_epochs(view, epochs=3)
+    feed(view, batch_line(3, 7, loss=0.9876))  # a last batch loss that is not the result
+    feed(view, DONE)
+    view.finish("SUCCEEDED")
+    text = view.progress_text.value
+    assert text.startswith("epoch 3/3 · loss 0.2000 · accuracy 0.9500")
+    assert "batch" not in text and "0.9876" not in text
+    for name, value in re.findall(r"<td>(\w+)</td><td>([\d.]+)</td>", view.summary.value):
+        assert f"{name} {value}" in text
+    assert view.eta_text.value == "took 1:05"
+
+
+def test_eta_is_smoothed_across_an_epoch_boundary_pause():
+    """Issue 13: the ETA jumped from 0:04 to 0:08 within seconds. A validation pass that
+    pauses the batches moves the ETA only part of the way to the new estimate."""
+    now = [0.0]
+    view = WidgetMonitor(make_job(), clock=lambda: now[0])
+    feed(view, START)
+    etas = []
+    for epoch in range(1, 4):
+        for batch in range(1, 11):
+            now[0] += 0.1
+            feed(view, batch_line(epoch, batch))
+            etas.append(view.eta())
+        now[0] += 2.0  # validation: twice as long as the batches
+        feed(view, line("epoch", epoch=epoch, epochs=3, metrics={"loss": 0.5}, duration=3.0))
+        etas.append(view.eta())
+    steps = [abs(b - a) for a, b in itertools.pairwise(etas[10:])]
+    assert max(steps) < 2.5, steps  # no jump of the size of the pause
+    assert etas[-1] < 0.5  # and it reaches zero at the end
+    last_epoch = etas[22:32]
+    assert last_epoch == sorted(last_epoch, reverse=True)  # it counts down once the pace is known
+
+
+def test_widget_log_panel_is_collapsible_and_has_the_epoch_lines():
+    view = WidgetMonitor(make_job())
+    assert view.log_box.selected_index is None  # collapsed until opened
+    feed_epochs(view, epochs=2)
+    view.maybe_render(force=True)
+    assert "start: DigitNet on cpu" in view.log_view.value
+    assert "epoch 2/3  loss 0.5000" in view.log_view.value
+    assert view.log_box.get_title(0) == "log (3 lines)"
+
+
+def test_buttons_say_so_where_clicks_cannot_arrive():
+    view = WidgetMonitor(make_job())
+    view.set_buttons_live(False)
+    assert view.cancel_button.layout.display == "none"
+    assert view.detach_button.layout.display == "none"
+    assert "interrupt the kernel" in view.busy_note.value
+    assert "%neural_cancel nj-0123abcd" in view.busy_note.value
+    view.set_buttons_live(True)
+    assert view.cancel_button.layout.display == "" and view.busy_note.layout.display == "none"
 
 
 def test_widget_log_tail_is_escaped_redacted_and_bounded():
@@ -244,7 +306,8 @@ def test_widget_log_tail_is_escaped_redacted_and_bounded():
     assert view.log[0] == f"log line {LOG_LINES * 4}"
     view.maybe_render(force=True)
     shown = re.findall(r"log line (\d+)", view.log_view.value)
-    assert shown == [str(n) for n in range(LOG_LINES * 5 - 12, LOG_LINES * 5)]
+    assert shown == [str(n) for n in range(LOG_LINES * 5 - LOG_SHOWN, LOG_LINES * 5)]
+    assert view.log_box.get_title(0) == f"log ({LOG_LINES} lines, last {LOG_SHOWN} shown)"
     for value in widget_strings(view):
         assert SECRET not in value
 
@@ -336,3 +399,26 @@ def test_make_monitor_explicit_modes(mode, monkeypatch):
     monkeypatch.setenv("NEURAL_JUPYTER_MONITOR", "widget" if mode == "text" else "text")
     view = make_monitor(make_job(), mode, stream=io.StringIO())
     assert isinstance(view, TextMonitor if mode == "text" else WidgetMonitor)
+
+
+def test_a_background_monitor_cancels_through_the_job():
+    """``--no-wait``: nothing waits on the monitor, so its Cancel button calls ``Job.cancel``
+    (which updates the store), given to the monitor through its public ``on_cancel``."""
+    from neural_jupyter import api
+
+    release = threading.Event()
+    calls = []
+    job = make_job()
+    job.record = SimpleNamespace(platform="local", status=SimpleNamespace(value="CANCELLED"))
+    job.record.error = None
+
+    def follow():
+        release.wait(10)
+        yield None
+
+    job.follow = follow
+    job.cancel = lambda: (calls.append("Job.cancel"), release.set())
+    view = api.watch_in_background(job, "widget", show=False)
+    view.cancel_button.click()
+    assert calls == ["Job.cancel"]
+    assert release.is_set()

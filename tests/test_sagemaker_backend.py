@@ -37,8 +37,10 @@ from fakes.sagemaker_api import (
     FakeSageMaker,
     FakeTrainingJob,
     Step,
+    fault,
 )
 
+import neural_jupyter
 from neural_jupyter import api
 from neural_jupyter.backends import base, get_backend
 from neural_jupyter.backends import retry as retry_module
@@ -52,7 +54,6 @@ from neural_jupyter.backends.base import (
 )
 from neural_jupyter.backends.sagemaker import (
     ENTRY_POINT,
-    ENTRY_SCRIPT,
     STATE_TABLE,
     SageMakerBackend,
     _safe_extract,
@@ -72,7 +73,7 @@ from neural_jupyter.errors import (
 )
 from neural_jupyter.jobs.job import Job
 from neural_jupyter.jobs.store import JobStatus, JobStore
-from neural_jupyter.runtime.bundle import build_bundle
+from neural_jupyter.runtime.bundle import build_bundle, launcher_source
 from neural_jupyter.runtime.events import Event, LogLine
 
 ACCESS_KEY_ID = "AKIAABCDEFGHIJKLMNOP"
@@ -191,6 +192,11 @@ def cloud(moto_endpoint, monkeypatch, tmp_path, neural_home):
     fake.stop()
 
 
+def bodies_of(cloud: Cloud, operation: str) -> list[dict]:
+    """The bodies of the ``operation`` requests the fake got, in order."""
+    return [r.json for r in cloud.fake.calls("POST", f"^/{operation}$")]
+
+
 def make_bundle(tmp_path: Path, key: str = "sagemaker-test-key") -> tuple:
     _, compiled, dataset, settings, _ = api.plan_submission(
         SMALL, "digits", platform="sagemaker", resources=ResourceSpec(extra={"bucket": BUCKET})
@@ -251,10 +257,11 @@ def recorded_container(
     return container
 
 
-def real_container(cloud: Cloud):
+def real_container(cloud: Cloud, python: str | Path = sys.executable):
     """What SageMaker's PyTorch image does, on this machine: fetch source.tar.gz, run the
     entry point in script mode with the job's hyperparameters as arguments and SM_MODEL_DIR,
-    stream its output line by line into CloudWatch, upload SM_MODEL_DIR as model.tar.gz."""
+    stream its output line by line into CloudWatch, upload SM_MODEL_DIR as model.tar.gz (when
+    the job completes). ``python`` is the image's interpreter."""
 
     def container(job: FakeTrainingJob) -> int:
         root = cloud.tmp / "opt-ml" / job.name
@@ -271,7 +278,7 @@ def real_container(cloud: Cloud):
         env.update(SM_MODEL_DIR=str(model), PYTHONUNBUFFERED="1")
         write = cloud.log_writer(job)
         process = subprocess.Popen(
-            [sys.executable, hyperparameters["sagemaker_program"], *args],
+            [str(python), hyperparameters["sagemaker_program"], *args],
             cwd=code,
             env=env,
             stdout=subprocess.PIPE,
@@ -303,17 +310,26 @@ def files_text(root: Path) -> str:
 
 # --- pure parts -----------------------------------------------------------------------------------
 def test_training_image_per_region_and_processor():
+    # the newest PyTorch image AWS still patches (image_tables/sagemaker.json)
     assert training_image("us-east-1", "ml.g5.xlarge") == (
         "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:"
-        "2.3.0-gpu-py311-cu121-ubuntu20.04-sagemaker"
+        "2.10.0-gpu-py313-cu130-ubuntu22.04-sagemaker"
     )
     assert training_image("eu-west-1", "ml.m5.xlarge").endswith(
-        ":2.3.0-cpu-py311-ubuntu20.04-sagemaker"
+        ":2.10.0-cpu-py313-ubuntu22.04-sagemaker"
     )
-    assert training_image("af-south-1", "ml.p3.2xlarge").startswith("626614931356.dkr.ecr.")
+    assert training_image("af-south-1", "ml.g5.xlarge").startswith("626614931356.dkr.ecr.")
+    # the SDK's registry table: ap-southeast-6 has its own account
+    assert training_image("ap-southeast-6", "ml.g5.xlarge").startswith("633930458069.dkr.ecr.")
     assert ".amazonaws.com.cn/" in training_image("cn-north-1", "ml.m5.xlarge")
+    for instance in ("ml.p6-b200.48xlarge", "ml.p6-b300.48xlarge", "ml.g7e.2xlarge"):
+        assert "-gpu-" in training_image("us-east-1", instance), instance
     with pytest.raises(ConfigurationError, match="Neuron"):
         training_image("us-east-1", "ml.trn1.2xlarge")
+    with pytest.raises(ConfigurationError, match="Arm"):
+        training_image("us-east-1", "ml.p6e-gb200.36xlarge")
+    with pytest.raises(ConfigurationError, match="V100"):  # CUDA 13 dropped Volta
+        training_image("us-east-1", "ml.p3.2xlarge")
     with pytest.raises(ConfigurationError, match=r"did you mean 'ml\.g5\.xlarge'"):
         training_image("us-east-1", "g5.xlarge")
 
@@ -337,7 +353,7 @@ def test_job_names_are_stable_valid_and_short():
 
 def test_state_table_maps_primary_and_secondary_status():
     status = SageMakerBackend.status_from
-    assert STATE_TABLE[("InProgress", "Starting")] == PENDING
+    assert STATE_TABLE.state(("InProgress", "Starting")) == PENDING
     assert (
         status({"TrainingJobStatus": "InProgress", "SecondaryStatus": "Downloading"}).state
         == PENDING
@@ -433,7 +449,7 @@ def test_dry_run_is_the_exact_request_and_sends_nothing(cloud):
 
     # ... and it is what a real submit sends (the job id tag aside)
     job = api.submit(SMALL, "digits", wait=False, monitor="none", **kwargs)
-    [sent] = cloud.fake.calls("CreateTrainingJob")
+    [sent] = bodies_of(cloud, "CreateTrainingJob")
     tags = {t["Key"]: t["Value"] for t in sent.pop("Tags")}
     planned_tags = {t["Key"]: t["Value"] for t in request.pop("Tags")}
     assert sent == request
@@ -441,7 +457,7 @@ def test_dry_run_is_the_exact_request_and_sends_nothing(cloud):
     assert tags["neural-jupyter:idempotency-key"] == planned_tags["neural-jupyter:idempotency-key"]
 
 
-def test_missing_role_is_a_clear_error_before_anything_is_sent(cloud, monkeypatch):
+def test_missing_role_is_a_clear_error_before_anything_is_bodies_of(cloud, monkeypatch):
     monkeypatch.delenv("NEURAL_JUPYTER_SAGEMAKER_ROLE")
     for dry_run in (True, False):
         with pytest.raises(ConfigurationError) as caught:
@@ -480,8 +496,8 @@ def test_settings_are_checked_with_suggestions(cloud):
     assert request["ResourceConfig"]["InstanceCount"] == 1
     assert ".eu-west-1.amazonaws.com/" in request["AlgorithmSpecification"]["TrainingImage"]
     assert plan.cost.hourly_usd == pytest.approx(7.09)
-    # several instances would each train the same single-machine script: refused
-    with pytest.raises(ConfigurationError, match="multi-instance training is not supported"):
+    # instances are the nodes of one data-parallel job: instance_count alone is not enough
+    with pytest.raises(ConfigurationError, match="instance_count=2 and --nodes 1 disagree"):
         api.submit(
             SMALL,
             "digits",
@@ -491,6 +507,41 @@ def test_settings_are_checked_with_suggestions(cloud):
             extra={"instance_count": 2, "bucket": BUCKET},
         )
     assert cloud.fake.requests == []
+
+
+def test_nodes_are_instances_each_running_torchrun(cloud):
+    plan = api.submit(
+        SMALL,
+        "digits",
+        platform="sagemaker",
+        dry_run=True,
+        gpus=4,
+        max_hours=1,
+        nodes=2,
+        procs_per_node=4,
+        extra={"bucket": BUCKET},
+    )
+    request = plan.request["CreateTrainingJob"]
+    assert request["ResourceConfig"]["InstanceCount"] == 2
+    assert request["ResourceConfig"]["InstanceType"] == "ml.g5.12xlarge"
+    hyper = request["HyperParameters"]
+    assert (hyper["nnodes"], hyper["nproc-per-node"]) == ("2", "4")
+    assert plan.cost.hourly_usd == pytest.approx(2 * 7.09) and "2 instances" in plan.cost.note
+    # the request is one the SDK's own model accepts (botocore validates it against the
+    # service's CreateTrainingJob shape before sending)
+    from botocore.validate import validate_parameters
+
+    model = cloud.client("sagemaker").meta.service_model
+    validate_parameters(request, model.operation_model("CreateTrainingJob").input_shape)
+    # what each instance's launcher then runs, with SageMaker's environment on algo-2
+    from neural_jupyter.runtime import launcher
+
+    args = launcher.parse_args(["--nnodes", "2", "--nproc-per-node", "4"])
+    environ = {"SM_HOSTS": '["algo-2", "algo-1"]', "SM_CURRENT_HOST": "algo-2"}
+    command = launcher.torchrun_arguments(args, environ)
+    assert command[command.index("--node-rank") + 1] == "1"
+    assert command[command.index("--master-addr") + 1] == "algo-1"
+    assert command[command.index("--nproc-per-node") + 1] == "4"
 
 
 def test_budget_defaults_to_24_hours(cloud):
@@ -520,11 +571,11 @@ def test_submit_uploads_the_bundle_and_creates_the_job(cloud):
         assert {"train.py", "job.json", "data.npz", ENTRY_POINT} <= set(names)
         assert "requirements.txt" not in names  # the image has torch; no pip at start-up
         job_json = json.loads(tar.extractfile("job.json").read())
-        assert tar.extractfile(ENTRY_POINT).read().decode() == ENTRY_SCRIPT
+        assert tar.extractfile(ENTRY_POINT).read().decode() == launcher_source()
         assert tar.extractfile("train.py").read() == (bundle.path / "train.py").read_bytes()
     assert job_json == json.loads((bundle.path / "job.json").read_text())
     assert not (job.directory / "source.tar.gz").exists()  # the local copy is gone
-    [sent] = cloud.fake.calls("CreateTrainingJob")
+    [sent] = bodies_of(cloud, "CreateTrainingJob")
     assert sent["TrainingJobName"] == name and sent["RoleArn"] == ROLE
     assert {"Key": "neural-jupyter:job-id", "Value": "job-1"} in sent["Tags"]
     # the archive is reproducible: same bundle, same bytes, same digest as uploaded
@@ -544,15 +595,15 @@ def test_named_bucket_must_exist(cloud):
     bundle, job = make_bundle(cloud.tmp)
     with pytest.raises(ConfigurationError, match="'missing-bucket' does not exist"):
         cloud.backend.submit(bundle, job, ResourceSpec(extra={"bucket": "missing-bucket"}))
-    assert cloud.fake.calls("CreateTrainingJob") == []
+    assert bodies_of(cloud, "CreateTrainingJob") == []
 
 
 @pytest.mark.parametrize("lost_response", [False, True])
 def test_transient_503_on_create_is_retried_into_exactly_one_job(cloud, lost_response):
-    cloud.fake.fail("CreateTrainingJob", "unavailable", after=lost_response)
+    cloud.fake.fail("POST", "/CreateTrainingJob$", **fault("unavailable"), after=lost_response)
     bundle, job = make_bundle(cloud.tmp)
     submission = cloud.backend.submit(bundle, job, ResourceSpec(extra={"bucket": BUCKET}))
-    assert len(cloud.fake.calls("CreateTrainingJob")) == 2
+    assert len(bodies_of(cloud, "CreateTrainingJob")) == 2
     assert list(cloud.fake.jobs) == [submission.remote_id]
     if lost_response:  # the first try had created it: the retry found it, not a second one
         assert submission.details["existing"] == "after a retry"
@@ -565,13 +616,13 @@ def test_throttling_is_retried_and_gives_up_after_three_tries(cloud):
     resources = ResourceSpec(extra={"bucket": BUCKET})
     submission = cloud.backend.submit(bundle, job, resources)
     remote = RemoteJob(job.id, job.directory, submission.remote_id, dict(submission.details))
-    cloud.fake.fail("DescribeTrainingJob", "throttle", times=2)
+    cloud.fake.fail("POST", "/DescribeTrainingJob$", **fault("throttle"), times=2)
     assert cloud.backend.status(remote).state == PENDING
-    assert len(cloud.fake.calls("DescribeTrainingJob")) == 3
-    cloud.fake.fail("DescribeTrainingJob", "unavailable", times=5)
+    assert len(bodies_of(cloud, "DescribeTrainingJob")) == 3
+    cloud.fake.fail("POST", "/DescribeTrainingJob$", **fault("unavailable"), times=5)
     with pytest.raises(PlatformError, match="ServiceUnavailable") as caught:
         cloud.backend.status(remote)
-    assert len(cloud.fake.calls("DescribeTrainingJob")) == 6
+    assert len(bodies_of(cloud, "DescribeTrainingJob")) == 6
     assert "after retries" in str(caught.value)
 
 
@@ -585,13 +636,13 @@ def test_throttling_is_retried_and_gives_up_after_three_tries(cloud):
     ],
 )
 def test_permanent_errors_are_raised_at_once(cloud, kind, error, text):
-    cloud.fake.fail("CreateTrainingJob", kind)
+    cloud.fake.fail("POST", "/CreateTrainingJob$", **fault(kind))
     bundle, job = make_bundle(cloud.tmp)
     with pytest.raises(error, match=text) as caught:
         cloud.backend.submit(bundle, job, ResourceSpec(extra={"bucket": BUCKET}))
     if error is PlatformError:
         assert not isinstance(caught.value, (PlatformAuthError, QuotaError))
-    assert len(cloud.fake.calls("CreateTrainingJob")) == 1  # not retried
+    assert len(bodies_of(cloud, "CreateTrainingJob")) == 1  # not retried
     assert cloud.fake.jobs == {}
 
 
@@ -601,7 +652,7 @@ def test_resubmitting_the_same_thing_returns_the_existing_job(cloud, capsys):
     again = api.submit(SMALL, "digits", extra={"bucket": BUCKET}, **kwargs)
     assert again.id == first.id
     assert "already submitted" in capsys.readouterr().out
-    assert len(cloud.fake.calls("CreateTrainingJob")) == 1
+    assert len(bodies_of(cloud, "CreateTrainingJob")) == 1
     # even without the job store (another machine, a deleted store) the name finds it
     bundle, job = make_bundle(cloud.tmp, key=first.record.idempotency_key)
     submission = cloud.backend.submit(
@@ -616,7 +667,9 @@ def test_resubmitting_the_same_thing_returns_the_existing_job(cloud, capsys):
 def test_events_follow_status_transitions_and_cloudwatch_logs(cloud):
     first_epoch_seen = threading.Event()
     cloud.fake.container = recorded_container(cloud, gate=first_epoch_seen, pause_after=3)
-    cloud.fake.fail("DescribeTrainingJob", "throttle")  # retried inside the stream
+    cloud.fake.fail(
+        "POST", "/DescribeTrainingJob$", **fault("throttle")
+    )  # retried inside the stream
     bundle, job = make_bundle(cloud.tmp)
     submission = cloud.backend.submit(bundle, job, ResourceSpec(extra={"bucket": BUCKET}))
     remote = RemoteJob(job.id, job.directory, submission.remote_id, dict(submission.details))
@@ -777,14 +830,14 @@ def test_cancel_stops_the_training_job(cloud):
         extra={"bucket": BUCKET},
     )
     job.cancel()
-    assert cloud.fake.calls("StopTrainingJob") == [{"TrainingJobName": job.record.remote_id}]
+    assert bodies_of(cloud, "StopTrainingJob") == [{"TrainingJobName": job.record.remote_id}]
     assert JobStore().get(job.id).status is JobStatus.CANCELLED
     remote = job.remote()
     states = [cloud.backend.status(remote).state for _ in range(3)]
     assert states[0] == RUNNING  # Stopping: still billed until it is Stopped
     assert states[-1] == CANCELLED
     cloud.backend.cancel(remote)  # a job that already ended: nothing to stop, no error
-    assert len(cloud.fake.calls("StopTrainingJob")) == 2
+    assert len(bodies_of(cloud, "StopTrainingJob")) == 2
 
 
 def test_cancel_while_watching_ends_the_stream(cloud):
@@ -875,7 +928,7 @@ def test_spot_entry_point_keeps_checkpoints_and_resumes(cloud, tmp_path):
     bundle, _ = make_bundle(tmp_path)
     code = tmp_path / "code"
     shutil.copytree(bundle.path, code)
-    (code / ENTRY_POINT).write_text(ENTRY_SCRIPT)
+    (code / ENTRY_POINT).write_text(launcher_source())
     model, checkpoints = tmp_path / "model", tmp_path / "checkpoints"
     env = dict(os.environ, SM_MODEL_DIR=str(model))
     command = [sys.executable, ENTRY_POINT, "--neural_checkpoint_dir", str(checkpoints)]
@@ -902,12 +955,11 @@ def test_credentials_never_leak(cloud, capsys, caplog):
         extra={"bucket": BUCKET},
     )
     errors = []
-    cloud.fake.fail(
-        "CreateTrainingJob",
-        "access_denied",
-        message=f"User with key {ACCESS_KEY_ID} is not authorized (aws_secret_access_key="
-        f"{SECRET_KEY}, token {SESSION_TOKEN})",
+    denied = (
+        f"User with key {ACCESS_KEY_ID} is not authorized (aws_secret_access_key="
+        f"{SECRET_KEY}, token {SESSION_TOKEN})"
     )
+    cloud.fake.fail("POST", "/CreateTrainingJob$", **fault("access_denied", denied))
     with pytest.raises(PlatformAuthError) as caught:
         api.submit(
             SMALL,
@@ -948,7 +1000,7 @@ def test_credentials_never_leak(cloud, capsys, caplog):
         caplog.text,
         str(plan),
         files_text(Path(os.environ["NEURAL_JUPYTER_HOME"])),  # job store, bundles, logs
-        json.dumps([body for _, body in cloud.fake.requests]),
+        json.dumps([r.json for r in cloud.fake.requests]),
         members,
         *(t.decode("latin-1") for t in tarballs),
         *(str(e) for e in errors),
@@ -956,3 +1008,131 @@ def test_credentials_never_leak(cloud, capsys, caplog):
         repr(run),
     )
     assert "not authorized" in str(errors[0])
+
+
+# --- user code ------------------------------------------------------------------------------------
+# The double runs the container with this machine's Python, whatever the image; naming an
+# image keeps the tests independent of which Python versions AWS's images have.
+IMAGE = f"123456789012.dkr.ecr.{REGION}.amazonaws.com/my-pytorch:py{sys.version_info[1]}"
+
+
+def user_code(**options):
+    """``@remote`` / ``run_script`` options for this SageMaker double."""
+    return {
+        "platform": "sagemaker",
+        "instance": "ml.m5.xlarge",
+        "max_hours": 1,
+        "extra": {"bucket": BUCKET, "image": IMAGE},
+        "monitor": "none",
+        **options,
+    }
+
+
+@pytest.mark.slow
+def test_a_decorated_function_runs_as_a_training_job(cloud):
+    """The user-code bundle (the runner as train.py, the launcher as entry point) runs as
+    SageMaker's PyTorch image would run it; the value comes back in model.tar.gz."""
+    import numpy as np
+    from usercode_jobs import check_raised, outer, scaled
+
+    cloud.fake.container = real_container(cloud)
+    out = neural_jupyter.remote(**user_code())(scaled)([1.0, 2.0], factor=3.0)
+    np.testing.assert_array_equal(out["values"], [3.0, 6.0])
+    assert out["pid"] != os.getpid()
+    (job,) = cloud.fake.jobs.values()
+    with cloud.source_tar(job) as tar:
+        names = tar.getnames()
+    assert {"launcher.py", "train.py", "payload.pkl", "job.json"} <= set(names)
+    assert "neural_jupyter_progress/__init__.py" in names  # subfolders are uploaded
+    assert "requirements.txt" not in names  # the toolkit would pip-install it over torch
+    record = JobStore().list(platform="sagemaker")[0]
+    assert record.status is JobStatus.SUCCEEDED and record.config["kind"] == "function"
+    # an exception: SageMaker keeps no model.tar.gz of a failed job, so it is raised from the
+    # runner's error event in the log, with the remote frames (the exception object stays there)
+    with pytest.raises(neural_jupyter.RemoteError) as caught:
+        neural_jupyter.remote(**user_code())(outer)(41)
+    check_raised(caught.value)
+    assert caught.value.exception is None
+    failed = JobStore().get(caught.value.job_id)
+    assert failed.status is JobStatus.FAILED and "KeyError" in failed.error
+
+
+@pytest.mark.slow
+def test_a_script_folder_runs_and_its_outputs_come_back(cloud, tmp_path):
+    from usercode_jobs import check_script_run, make_project
+
+    cloud.fake.container = real_container(cloud)
+    project, data = make_project(tmp_path / "user")
+    run = neural_jupyter.run_script(project, ["--epochs", "2"], data=data, **user_code())
+    check_script_run(run)
+    (job,) = cloud.fake.jobs.values()
+    with cloud.source_tar(job) as tar:
+        names = set(tar.getnames())
+    assert {"project/train.py", "project/lib/stats.py", "data/n.txt"} <= names
+
+
+@pytest.mark.slow
+def test_a_cell_round_trips_an_array_and_a_dataframe(cloud, ip):
+    cloud.fake.container = real_container(cloud)
+    ip.run("import numpy as np, pandas as pd\nx = np.arange(6.0).reshape(2, 3)")
+    ip.run("df = pd.DataFrame({'a': [1, 2]})")
+    ip.run(
+        f"%%neural_remote --platform sagemaker --instance ml.m5.xlarge --max-hours 1 "
+        f"--set bucket={BUCKET} --set image={IMAGE} --inputs x,df --outputs y,df2 "
+        "--monitor none\ny = x.T @ x\ndf2 = df.assign(b=df.a * 10)"
+    )
+    x = ip.ns["x"]
+    assert (ip.ns["y"] == x.T @ x).all() and list(ip.ns["df2"].b) == [10, 20]
+    assert JobStore().list(platform="sagemaker")[0].config["kind"] == "cell"
+
+
+@pytest.mark.slow
+def test_the_launcher_installs_what_the_image_lacks(cloud, tmp_path):
+    from usercode_jobs import TOY_VALUE, toy_python, toy_wheel, uses_toy
+
+    toy_wheel(tmp_path / "wheels")
+    image = toy_python(tmp_path / "image", tmp_path / "wheels")
+    cloud.fake.container = real_container(cloud, python=image)
+    value, where = neural_jupyter.remote(**user_code(requirements=["njtoy==1.0"]))(uses_toy)()
+    assert value == TOY_VALUE and Path(where).is_relative_to(tmp_path / "image")
+    job = Job.load(JobStore().list(platform="sagemaker")[0].id)
+    assert '"installing 1 requirement(s): njtoy==1.0"' in job.files.stdout.read_text()
+
+
+def test_a_dry_run_shows_the_training_request_and_the_requirements(cloud):
+    import importlib.metadata as md
+
+    from usercode_jobs import scaled
+
+    plan = neural_jupyter.remote(**user_code())(scaled).dry_run([1.0])
+    text = str(plan)
+    assert '"CreateTrainingJob"' in text and '"TrainingImage"' in text
+    assert f"numpy=={md.version('numpy')}" in text and "cloudpickle==" in text
+    assert '"payload.pkl"' in text and '"requirements.txt"' not in text.split('"files"')[1]
+    assert plan.cost is not None and plan.cost.total_usd < 1
+    assert not cloud.fake.requests and not JobStore().list()
+
+
+def test_a_function_gets_an_image_with_the_notebooks_python_or_a_clear_error(cloud, monkeypatch):
+    """A function travels pickled: it loads only under the Python that pickled it, so the
+    image is the newest one with the notebook's Python, and without one nothing is sent."""
+    from usercode_jobs import scaled
+
+    from neural_jupyter.usercode import launch
+
+    options = user_code(extra={"bucket": BUCKET})  # AWS's images
+    monkeypatch.setattr(launch.platform, "python_version", lambda: "3.12.4")
+    plan = neural_jupyter.remote(**options)(scaled).dry_run([1.0])
+    image = plan.request["CreateTrainingJob"]["AlgorithmSpecification"]["TrainingImage"]
+    assert image.endswith(":2.9.0-cpu-py312-ubuntu22.04-sagemaker")  # not the newest (py313)
+    monkeypatch.setattr(launch.platform, "python_version", lambda: "3.9.1")
+    with pytest.raises(
+        ConfigurationError, match=r"run Python 3\.12, 3\.13, this notebook 3\.9"
+    ) as e:
+        neural_jupyter.remote(**options)(scaled).dry_run([1.0])
+    assert "--set image=" in e.value.hint and "run_script" in e.value.hint
+    # a script has no pickled code: it runs on the default image whatever the notebook's Python
+    script = neural_jupyter.run_script(Path(__file__), dry_run=True, **options)
+    image = script.request["CreateTrainingJob"]["AlgorithmSpecification"]["TrainingImage"]
+    assert image.endswith(":2.10.0-cpu-py313-ubuntu22.04-sagemaker")
+    assert not cloud.fake.requests and not JobStore().list()

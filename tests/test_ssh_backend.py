@@ -29,6 +29,7 @@ from sshd import (
     make_client_key,
 )
 
+import neural_jupyter
 from neural_jupyter import api
 from neural_jupyter import backends as registry
 from neural_jupyter.backends import ssh
@@ -327,7 +328,9 @@ def test_password_login_works_and_the_password_is_never_kept(server, known_hosts
     assert ssh.redact(f"password is {PASSWORD}") == "password is ****"
     plan = backend.plan(job, ResourceSpec(extra=extra))
     assert PASSWORD not in json.dumps(plan) and plan["auth"] == "password (not shown)"
-    assert collect(backend, job)[-1] == LogLine("epoch 3 done", "stderr")
+    items = collect(backend, job)
+    assert [i for i in items if isinstance(i, LogLine)][-1] == LogLine("epoch 3 done", "stderr")
+    assert items[-1].data["message"].startswith("outputs brought back to")  # once, at the end
     remote_files = list((tmp_path / "remote-jobs").rglob("*"))
     assert remote_files and not any(
         PASSWORD in p.read_text(errors="ignore") for p in remote_files if p.is_file()
@@ -514,11 +517,11 @@ def test_a_real_torch_job_end_to_end(server, client_key, known_hosts, tmp_path, 
     stdout = (job.directory / "stdout.log").read_text()
     assert stdout.count('{"event": "epoch"') == 3
     remote_stdout = Path(record.config["remote"]["remote_dir"]) / "stdout.log"
-    assert stdout == remote_stdout.read_text()
+    assert stdout == remote_stdout.read_text()  # nothing secret in it: the same lines
     # submitting the same thing again finds the job instead of starting another
     again = api.submit(DIGITS, "digits", platform="ssh", extra=extra, monitor="none")
     assert again.job_id == run.job_id
-    assert len(JobStore().list(backend="ssh")) == 1
+    assert len(JobStore().list(platform="ssh")) == 1
 
 
 # --- OpenSSH: process groups, dropped connections, a second kernel -------------------------------
@@ -599,3 +602,179 @@ def test_a_new_kernel_reattaches_and_follows_to_the_end(sshd_extra, tmp_path, ne
     assert Path(result["weights"]).exists()
     record = JobStore().get(job.id)
     assert record.status is JobStatus.SUCCEEDED and "val_accuracy" in record.metrics
+
+
+# --- user code on the host (OpenSSH) -------------------------------------------------------------
+@pytest.mark.slow
+def test_a_decorated_function_returns_its_value_and_raises_with_its_frames(sshd_extra, neural_home):
+    import numpy as np
+    from usercode_jobs import check_raised, outer, scaled
+
+    out = neural_jupyter.remote(platform="ssh", extra=sshd_extra, monitor="none")(scaled)(
+        [1.0, 2.0], factor=3.0
+    )
+    np.testing.assert_array_equal(out["values"], [3.0, 6.0])
+    record = JobStore().list(platform="ssh")[0]
+    remote = Path(record.config["remote"]["remote_dir"])
+    assert out["pid"] != os.getpid() and (remote / "launcher.py").exists()
+    assert record.status is JobStatus.SUCCEEDED and record.config["kind"] == "function"
+    with pytest.raises(neural_jupyter.RemoteError) as caught:
+        neural_jupyter.remote(platform="ssh", extra=sshd_extra, monitor="none")(outer)(41)
+    check_raised(caught.value)
+    # the exception itself came home (output/result.pkl of a failed job is brought back)
+    assert isinstance(caught.value.exception, KeyError)
+    assert JobStore().get(caught.value.job_id).status is JobStatus.FAILED
+
+
+@pytest.mark.slow
+def test_a_cell_and_a_script_folder_run_on_the_host(ip, sshd_extra, tmp_path):
+    from usercode_jobs import check_script_run, make_project
+
+    settings = " ".join(
+        f"--set {key}={sshd_extra[key]}" for key in ("host", "key_file", "known_hosts", "workdir")
+    )
+    ip.run("import numpy as np, pandas as pd\nx = np.arange(6.0).reshape(2, 3)")
+    ip.run("df = pd.DataFrame({'a': [1, 2]})")
+    ip.run(
+        f"%%neural_remote --platform ssh {settings} --set python={PYTHON} --inputs x,df "
+        "--outputs y,df2 --monitor none\ny = x.T @ x\ndf2 = df.assign(b=df.a * 10)"
+    )
+    x = ip.ns["x"]
+    assert (ip.ns["y"] == x.T @ x).all() and list(ip.ns["df2"].b) == [10, 20]
+    project, data = make_project(tmp_path / "user")
+    run = neural_jupyter.run_script(
+        project, ["--epochs", "2"], data=data, platform="ssh", extra=sshd_extra, monitor="none"
+    )
+    check_script_run(run)
+    remote = Path(JobStore().get(run.job_id).config["remote"]["remote_dir"])
+    assert (remote / "project" / "lib" / "stats.py").exists()  # subfolders were uploaded
+    assert (remote / "data" / "n.txt").read_text() == "1 2 3.5"
+
+
+@pytest.mark.slow
+def test_requirements_are_installed_into_the_jobs_folder(sshd_extra, tmp_path, neural_home):
+    from usercode_jobs import TOY_VALUE, offline_pip, toy_wheel, uses_toy
+
+    toy_wheel(tmp_path / "wheels")
+    pip = " ".join(f"{k}={v}" for k, v in offline_pip(tmp_path / "wheels").items())
+    extra = {**sshd_extra, "python": f"env {pip} {PYTHON}"}
+    remote_toy = neural_jupyter.remote(
+        platform="ssh", extra=extra, requirements=["njtoy==1.0"], monitor="none"
+    )(uses_toy)
+    value, where = remote_toy()
+    remote = Path(JobStore().list(platform="ssh")[0].config["remote"]["remote_dir"])
+    assert value == TOY_VALUE and Path(where).is_relative_to(remote / ".neural-packages")
+    # the host's Python is left as it was
+    assert subprocess.run([PYTHON, "-c", "import njtoy"], capture_output=True).returncode != 0
+    stdout = (remote / "stdout.log").read_text()
+    assert '"installing 1 requirement(s): njtoy==1.0"' in stdout
+
+
+@pytest.mark.slow
+def test_cancel_stops_a_running_function_on_the_host(sshd_extra, tmp_path, neural_home):
+    from usercode_jobs import sleeper
+
+    marker = tmp_path / "pid"
+    remote_sleeper = neural_jupyter.remote(platform="ssh", extra=sshd_extra, monitor="none")
+    job = remote_sleeper(sleeper).submit(str(marker))
+    assert wait_for(marker.exists, 60)
+    pid = int(marker.read_text())
+    session = job.record.config["remote"]["sid"]
+    neural_jupyter.cancel(job.id)
+    assert wait_for(lambda: not live_processes(session), 15), live_processes(session)
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert JobStore().get(job.id).status is JobStatus.CANCELLED
+    with pytest.raises(neural_jupyter.JobCancelled):
+        job.result()
+
+
+def test_a_dry_run_shows_the_request_and_what_the_job_installs(
+    server, client_key, known_hosts, tmp_path, neural_home
+):
+    import importlib.metadata as md
+
+    from usercode_jobs import scaled
+
+    before = server.connections
+    extra = extra_for(server, client_key, known_hosts, tmp_path)
+    plan = neural_jupyter.remote(scaled, platform="ssh", extra=extra).dry_run([1.0])
+    text = str(plan)
+    assert f"numpy=={md.version('numpy')}" in text
+    assert f"cloudpickle=={md.version('cloudpickle')}" in text
+    assert "installed in the job: what the platform's image lacks" in text
+    assert "launcher.py --packages job" in text and '"file": "payload.pkl"' in text
+    assert f"{USER}@127.0.0.1:{server.port}" in text
+    assert server.connections == before and not JobStore().list()
+
+
+# --- data-parallel training: several processes on the one host ---------------------------------
+def _ranks_under(workdir: Path) -> list[int]:
+    """The pids of train.py processes running in a job directory under ``workdir``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if "train.py" not in (entry / "cmdline").read_text():
+                continue
+            if Path(os.readlink(entry / "cwd")).is_relative_to(workdir):
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_several_processes_on_the_host(server, client_key, known_hosts, tmp_path, neural_home):
+    extra = extra_for(server, client_key, known_hosts, tmp_path)
+    plan = api.submit(DIGITS, "digits", platform="ssh", procs_per_node=2, extra=extra, dry_run=True)
+    assert "--nnodes 1 --nproc-per-node 2" in plan.request["command"]
+    run = api.submit(
+        DIGITS, "digits", platform="ssh", procs_per_node=2, extra=extra, monitor="none"
+    )
+    assert run.status == "SUCCEEDED" and len(run.history) == 3
+    job = Job.load(run.job_id)
+    stream = [
+        json.loads(line)
+        for line in (job.directory / "stdout.log").read_text().splitlines()
+        if line.startswith('{"event"')
+    ]
+    starts = [e for e in stream if e["event"] == "start"]
+    assert len(starts) == 1 and starts[0]["world_size"] == 2
+    assert run.artifacts["weights"].exists()
+    assert "data parallel: 2 processes (gloo)" in (job.directory / "stderr.log").read_text()
+
+
+@pytest.mark.slow
+def test_cancel_stops_every_rank_on_the_host(sshd_extra, tmp_path, neural_home):
+    from tests.test_distributed import alive
+
+    job = api.submit(
+        DIGITS,
+        "digits",
+        platform="ssh",
+        procs_per_node=2,
+        epochs=500,
+        extra={**sshd_extra, "cancel_grace": 3},
+        wait=False,
+        monitor="none",
+    )
+    workdir = Path(sshd_extra["workdir"])
+    assert wait_for(lambda: len(_ranks_under(workdir)) >= 2, 120), "the ranks never started"
+    ranks = _ranks_under(workdir)
+    job.cancel()
+    assert wait_for(lambda: not any(alive(pid) for pid in ranks), 30), "a rank outlived cancel"
+    assert job.refresh().status is JobStatus.CANCELLED
+
+
+def test_several_hosts_are_refused_naming_the_platforms_that_launch_them(tmp_path, neural_home):
+    extra = {"host": "gpu.example.org"}
+    with pytest.raises(ConfigurationError) as caught:
+        api.submit(DIGITS, "digits", platform="ssh", nodes=2, extra=extra, dry_run=True)
+    assert "--nodes 2: the ssh platform runs a job on at most 1 machine" in str(caught.value)
+    for name in ("sagemaker", "vertex", "azureml", "kubernetes", "ray"):
+        assert name in caught.value.hint
+    assert "local" not in caught.value.hint and "ssh" not in caught.value.hint
+    assert not JobStore().list()

@@ -12,9 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -32,6 +30,8 @@ from neural_jupyter.errors import (
 )
 from neural_jupyter.jobs.store import JobStatus, JobStore
 from neural_jupyter.runtime.events import Event
+from neural_jupyter.runtime.jobdir import JobDir
+from tests.fakes.base import FakeServer, Request, Response, json_response
 
 pytest.importorskip("paramiko")
 pytest.importorskip("requests")
@@ -55,55 +55,31 @@ network Tiny {
 
 
 # --- the provider's API, faked ------------------------------------------------------------------
-class FakeProvider:
+class FakeProvider(FakeServer):
     """``POST/GET/DELETE /instances`` with scripted behaviour; records every request."""
 
     def __init__(self, address: str) -> None:
+        super().__init__()
         self.address = address
         self.boot_polls = 1  # GETs answering "booting" before "active"
         self.post_mode = "ok"  # ok | error_with_id | error_after_create | unauthorized
         self.boot_state = "active"  # or "error": the instance fails while booting
         self.flaky_gets = 0  # GETs answering 503 first
         self.instances: dict[str, dict] = {}
-        self.requests: list[dict] = []
-        self._lock = threading.Lock()
-        owner = self
+        self.start()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # keep the test output clean
-                return
+    @property
+    def url(self) -> str:
+        return super().url + "/v1"
 
-            def _reply(self, status: int, body: object) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+    def route(self, request: Request) -> Response:
+        path = request.path + (f"?{request.raw_query}" if request.raw_query else "")
+        with self.lock:
+            status, reply = self.answer(request.method, path, request.body.decode(), request)
+        return json_response(status, reply)
 
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length).decode() if length else ""
-                with owner._lock:
-                    owner.requests.append(
-                        {
-                            "method": self.command,
-                            "path": self.path,
-                            "body": body,
-                            "auth_ok": self.headers.get("Authorization") == f"Bearer {TOKEN}",
-                        }
-                    )
-                    status, reply = owner.answer(self.command, self.path, body, owner.requests[-1])
-                self._reply(status, reply)
-
-            do_GET = do_POST = do_DELETE = _handle
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def answer(self, method: str, path: str, body: str, request: dict) -> tuple[int, object]:
-        if not request["auth_ok"]:
+    def answer(self, method: str, path: str, body: str, request: Request) -> tuple[int, object]:
+        if not authorized(request):
             return 401, {"error": "invalid token"}
         path = path.removeprefix("/v1")
         if method == "POST" and path == "/instances":
@@ -147,16 +123,12 @@ class FakeProvider:
             data["addresses"] = {"public": [{"version": 4, "addr": self.address}]}
         return data
 
-    def calls(self, method: str) -> list[dict]:
-        with self._lock:
-            return [r for r in self.requests if r["method"] == method]
-
     def deletes(self) -> list[str]:
-        return [r["path"].rsplit("/", 1)[1] for r in self.calls("DELETE")]
+        return [r.path.rsplit("/", 1)[1] for r in self.calls("DELETE")]
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+
+def authorized(request: Request) -> bool:
+    return request.headers.get("authorization") == f"Bearer {TOKEN}"
 
 
 class RecordingLedger:
@@ -283,10 +255,10 @@ def test_a_real_job_on_an_instance_succeeds_and_the_instance_goes(
     assert_deleted_once(provider)
     post = provider.calls("POST")
     assert len(post) == 1
-    body = json.loads(post[0]["body"])
+    body = post[0].json
     assert body["name"].startswith("nj-ssh-") and body["instance_type"] == "gpu_1x_a10"
     assert body["ssh_key_name"] == "my-laptop"
-    assert all(r["auth_ok"] for r in provider.requests)
+    assert all(authorized(r) for r in provider.requests)
     assert (tmp_path / "shutdown-minutes").read_text().strip() == str(30 + 10)
     store = JobStore()
     assert store.live_instances() == []
@@ -426,7 +398,7 @@ print(SSHBackend().submit(bundle, job, ResourceSpec(extra=extra)).remote_id)
     assert done.returncode == 0, done.stderr
     assert provider.deletes() == ["i-001"]
     assert_no_token(done.stdout, done.stderr)
-    final = json.loads((tmp_path / "exiting-local" / "instance_final.json").read_text())
+    final = json.loads(JobDir(tmp_path / "exiting-local").final_status.read_text())
     assert final["state"] == "FAILED" and "exited" in final["message"]
     # a real instance takes its processes with it; the stand-in host needs a hand
     record = json.loads(next((tmp_path / "instance-disk").glob("*/process.json")).read_text())

@@ -8,12 +8,9 @@ never show up anywhere.
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -42,6 +39,7 @@ from neural_jupyter.errors import (
 )
 from neural_jupyter.jobs.store import JobStore
 from neural_jupyter.runtime.events import Event
+from tests.fakes.base import FakeServer, Request, Response, json_response
 
 pytest.importorskip("paramiko")
 pytest.importorskip("requests")
@@ -50,7 +48,7 @@ KEYS = {"lambda": "lambda-key-Qw93Zx71LmN0pB5v", "paperspace": "ps-key-Hj28Kd04R
 
 
 # --- the providers' APIs, faked -----------------------------------------------------------------
-class FakeAPI:
+class FakeAPI(FakeServer):
     """HTTP plumbing shared by the fakes: records every request, answers through ``answer``.
 
     Scripted behaviour: ``boot_polls`` GETs answer "booting" first; ``launch_mode`` is ok,
@@ -64,6 +62,7 @@ class FakeAPI:
     ready_state = ""
 
     def __init__(self, key: str, host: str = "127.0.0.1") -> None:
+        super().__init__()
         self.key = key
         self.host = host
         self.boot_polls = 1
@@ -71,40 +70,29 @@ class FakeAPI:
         self.boot_state = self.ready_state
         self.flaky_gets = 0
         self.instances: dict[str, dict] = {}
-        self.requests: list[dict] = []
         self.terminated: list[str] = []
-        self._lock = threading.Lock()
-        owner = self
+        self.start()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                return
+    @property
+    def url(self) -> str:
+        return super().url + self.prefix
 
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length).decode() if length else ""
-                with owner._lock:
-                    request = {
-                        "method": self.command,
-                        "path": self.path,
-                        "body": json.loads(body) if body else None,
-                        "auth_ok": self.headers.get("Authorization") == f"Bearer {owner.key}",
-                    }
-                    owner.requests.append(request)
-                    status, reply = owner.answer(request)
-                data = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+    def _view(self, request: Request) -> dict:
+        """The request as the scripts below read it."""
+        return {
+            "method": request.method,
+            "path": request.path + (f"?{request.raw_query}" if request.raw_query else ""),
+            "body": request.json,
+            "auth_ok": request.headers.get("authorization") == f"Bearer {self.key}",
+        }
 
-            do_GET = do_POST = do_DELETE = _handle
+    def record(self, request: Request) -> None:
+        self.requests.append(self._view(request))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{self.prefix}"
-        serve = lambda: self.server.serve_forever(poll_interval=0.05)  # noqa: E731
-        threading.Thread(target=serve, daemon=True).start()
+    def route(self, request: Request) -> Response:
+        with self.lock:
+            status, reply = self.answer(self._view(request))
+        return json_response(status, reply)
 
     def answer(self, request: dict) -> tuple[int, object]:
         raise NotImplementedError
@@ -137,10 +125,6 @@ class FakeAPI:
     def launches(self) -> list[dict]:
         raise NotImplementedError
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 class FakeLambda(FakeAPI):
     """Lambda Cloud API v1: ``/instance-types``, ``/ssh-keys``, ``/instances[/{id}]``,
@@ -160,12 +144,12 @@ class FakeLambda(FakeAPI):
         return hashlib.md5(str(number).encode()).hexdigest()
 
     @staticmethod
-    def error(status: int, code: str, message: str, suggestion: str | None = None):
+    def refusal(status: int, code: str, message: str, suggestion: str | None = None):
         return status, {"error": {"code": code, "message": message, "suggestion": suggestion}}
 
     def answer(self, request: dict) -> tuple[int, object]:
         if not request["auth_ok"]:
-            return self.error(
+            return self.refusal(
                 401,
                 "global/invalid-api-key",
                 "API key was invalid, expired, or deleted.",
@@ -190,16 +174,16 @@ class FakeLambda(FakeAPI):
         if method == "POST" and path == "/instance-operations/launch":
             missing = {"region_name", "instance_type_name", "ssh_key_names"} - set(body)
             if missing or len(body["ssh_key_names"]) != 1:
-                return self.error(400, "global/invalid-parameters", f"missing {missing}")
+                return self.refusal(400, "global/invalid-parameters", f"missing {missing}")
             if self.launch_mode == "capacity":
-                return self.error(
+                return self.refusal(
                     400,
                     "instance-operations/launch/insufficient-capacity",
                     "Not enough capacity to fulfill launch request.",
                 )
             if self.launch_mode == "busy_once":
                 self.launch_mode = "ok"
-                return self.error(503, "global/service-unavailable", "try again")
+                return self.refusal(503, "global/service-unavailable", "try again")
             instance = self.new_instance(
                 body.get("name"),
                 region=body["region_name"],
@@ -207,7 +191,7 @@ class FakeLambda(FakeAPI):
                 ssh_key_names=body["ssh_key_names"],
             )
             if self.launch_mode == "error_after_create":
-                return self.error(500, "global/unknown", "internal error")
+                return self.refusal(500, "global/unknown", "internal error")
             return 200, {"data": {"instance_ids": [instance["id"]]}}
         if method == "GET" and path == "/instances":
             live = [i for i in self.instances.values() if i["status"] != "terminated"]
@@ -215,15 +199,15 @@ class FakeLambda(FakeAPI):
         if method == "GET" and path.startswith("/instances/"):
             instance = self.instances.get(path.rsplit("/", 1)[1])
             if instance is None:
-                return self.error(404, "global/object-does-not-exist", "Instance not found.")
+                return self.refusal(404, "global/object-does-not-exist", "Instance not found.")
             if self.flaky():
-                return self.error(503, "global/service-unavailable", "try again")
+                return self.refusal(503, "global/service-unavailable", "try again")
             self.poll(instance)
             return 200, {"data": self.public(instance)}
         if method == "POST" and path == "/instance-operations/terminate":
             gone = [i for i in body["instance_ids"] if i not in self.instances]
             if gone:
-                return self.error(404, "global/object-does-not-exist", f"unknown {gone}")
+                return self.refusal(404, "global/object-does-not-exist", f"unknown {gone}")
             for instance_id in body["instance_ids"]:
                 self.instances[instance_id]["status"] = "terminated"
                 self.terminated.append(instance_id)
@@ -234,7 +218,7 @@ class FakeLambda(FakeAPI):
                     ]
                 }
             }
-        return self.error(404, "global/object-does-not-exist", f"no route {method} {path}")
+        return self.refusal(404, "global/object-does-not-exist", f"no route {method} {path}")
 
     def public(self, instance: dict) -> dict:
         data = {

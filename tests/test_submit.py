@@ -74,9 +74,9 @@ def plugin(tmp_path, monkeypatch):
 
 
 def test_resource_spec_errors_name_the_argument():
-    with pytest.raises(ConfigurationError, match="--gpus must be at least 0"):
+    with pytest.raises(ConfigurationError, match="--gpus must be a whole number from 0 to 64"):
         ResourceSpec(gpus=-1).validated()
-    with pytest.raises(ConfigurationError, match="--max-hours must be a number"):
+    with pytest.raises(ConfigurationError, match="--max-hours must be a finite number"):
         ResourceSpec(max_runtime_hours="two").validated()
     with pytest.raises(ConfigurationError, match="--instance must be a name"):
         ResourceSpec(instance_type="ml g5").validated()
@@ -194,7 +194,7 @@ def test_submit_panel_widget(plugin, neural_home):
 
     panel = SubmitPanel("Small", submit, lambda job: None)
     values = [value for _, value in panel.platform.options]
-    assert "sagemaker" in values and "local" not in values
+    assert "sagemaker" in values and values[0] == "local" == panel.platform.value
     panel.platform.value = "sagemaker"
     panel.instance.value = "ml.g5.xlarge"
     panel.max_hours.value = 2
@@ -266,3 +266,27 @@ def test_secrets_never_leak(plugin, neural_home, monkeypatch, capsys):
     blob = "\n".join(texts)
     for secret in [*SECRETS.values(), password]:
         assert secret not in blob
+
+
+def test_platform_facts_decide_which_submits_need_a_known_price(neural_home):
+    from neural_jupyter import backends
+
+    assert backends.is_paid("sagemaker") and not backends.is_paid("local")
+    assert not backends.is_paid("kaggle") and not backends.is_paid("kubernetes")
+    assert not backends.is_paid("ssh", ResourceSpec(extra={"host": "me@box"}))
+    rented = ResourceSpec(instance_type="gpu_9x_unknown", extra={"provider": "lambda"})
+    assert backends.is_paid("ssh", rented)  # a rented instance bills by the hour
+    assert not backends.is_paid("databricks", ResourceSpec(extra={"cluster_id": "c-1"}))
+    assert backends.backend_class("kaggle").max_parallel == 1
+    assert backends.backend_class("vertex").extra == "vertex"
+    # a rented instance with no known price is not launched without --yes
+    with pytest.raises(ConfigurationError, match="no list price"):
+        api.submit(
+            SMALL,
+            "digits",
+            platform="ssh",
+            instance="gpu_9x_unknown",
+            extra={"provider": "lambda"},
+            monitor="none",
+        )
+    assert JobStore().list() == []

@@ -13,12 +13,12 @@ import time
 
 import pytest
 
+from neural_jupyter import Sweep
 from neural_jupyter.compiler import compile_model
 from neural_jupyter.errors import ConfigurationError
 from neural_jupyter.jobs.space import SearchSpace, parse_grid
 from neural_jupyter.jobs.storage import LocalStorage, S3Storage
 from neural_jupyter.jobs.store import JobStatus, JobStore
-from neural_jupyter.jobs.sweeps import Sweep
 
 NET = """network SweepNet {
   input: (8, 8, 1)
@@ -90,7 +90,7 @@ def test_small_real_grid_on_digits(neural_home, tmp_path):
 
 COORDINATOR = """
 import sys
-from neural_jupyter.jobs.sweeps import Sweep
+from neural_jupyter import Sweep
 net = sys.argv[1]
 Sweep(net, "digits", grid={"optimizer.learning_rate": (0.001, 0.01), "epochs": (6,)},
       seeds=1, parallel=1, metric="val_accuracy", name="resume-me").run()

@@ -11,11 +11,14 @@ iamcredentials.googleapis.com (tests never touch the internet).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import sqlite3
 import sys
 import tarfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +28,7 @@ pytest.importorskip("cryptography")
 import google.auth.credentials
 import google.cloud
 
+import neural_jupyter
 from neural_jupyter import api
 from neural_jupyter.backends import retry as retry_module
 from neural_jupyter.backends import vertex
@@ -40,7 +44,7 @@ from neural_jupyter.errors import (
 )
 from neural_jupyter.jobs.store import JobStore
 from neural_jupyter.runtime import data as data_module
-from neural_jupyter.runtime.bundle import RunSettings, build_bundle
+from neural_jupyter.runtime.bundle import RunSettings, build_bundle, launcher_source
 from neural_jupyter.runtime.events import Event, LogLine
 from tests.fakes.vertex_api import ACCESS_TOKEN, FakeGoogleCloud
 
@@ -118,7 +122,7 @@ def cloud(tmp_path, monkeypatch, key_file):
         "_maybe_start_regional_access_boundary_refresh",
         lambda self, request, url: None,
     )
-    monkeypatch.setattr(VertexBackend, "POLL_SECONDS", 0.0)
+    monkeypatch.setattr(VertexBackend, "poll_seconds", 0.0)
     monkeypatch.setattr(retry_module, "BASE_WAIT", 0.0)
     yield fake
     fake.stop()
@@ -174,7 +178,18 @@ def test_submit_uploads_the_bundle_and_creates_one_custom_job(cloud, bundle_dir,
     container = pool["containerSpec"]
     assert container["imageUri"] == vertex.GPU_IMAGE
     assert container["command"][:2] == ["python", "-c"]
-    assert container["args"] == [f"gs://{BUCKET}/{PREFIX}/bundle.tar.gz", f"gs://{BUCKET}/{PREFIX}"]
+    assert container["args"] == [
+        f"gs://{BUCKET}/{PREFIX}/launcher.py",
+        "--bundle",
+        f"gs://{BUCKET}/{PREFIX}/bundle.tar.gz",
+        "--logs",
+        f"gs://{BUCKET}/{PREFIX}/logs",
+        "--outputs",
+        f"gs://{BUCKET}/{PREFIX}/output",
+        "--install-missing",
+        "--budget-margin",
+    ]
+    assert cloud.object_data(BUCKET, f"{PREFIX}/launcher.py").decode() == launcher_source()
     assert body["jobSpec"]["scheduling"] == {"timeout": "7200s", "strategy": 4}  # SPOT
     assert body["jobSpec"]["baseOutputDirectory"] == {"outputUriPrefix": f"gs://{BUCKET}/{PREFIX}/"}
 
@@ -253,10 +268,13 @@ def test_failure_reports_the_platform_error_and_exit_code(cloud, bundle_dir, job
         LogLine("Traceback (most recent call last):", "stderr"),
         LogLine("RuntimeError", "stderr"),
     ]
-    assert items[-1] == Event("status", {"message": f"Vertex AI job failed: {message}"})
+    assert items[-2] == Event("status", {"message": f"Vertex AI job failed: {message}"})
     status = backend.status(remote)
     assert (status.state, status.exit_code, status.message) == ("FAILED", 1, message)
-    assert not (job.directory / "bundle" / "output").exists()  # nothing fetched after a failure
+    # a failed job's outputs come home too (a checkpoint, a user-code job's exception): none
+    output = job.directory / "bundle" / "output"
+    assert items[-1] == Event("status", {"message": f"outputs brought back to {output}: none"})
+    assert not list(output.rglob("*"))
 
 
 @pytest.mark.parametrize(
@@ -278,7 +296,7 @@ def test_failure_reports_the_platform_error_and_exit_code(cloud, bundle_dir, job
 )
 def test_state_table(state, expected):
     assert remote_status(state).state == expected
-    assert vertex.STATES[state] == expected
+    assert vertex.STATES.state(state) == expected
 
 
 def test_timeouts_are_marked():
@@ -351,7 +369,7 @@ def test_submitting_again_finds_the_existing_job(cloud, bundle_dir, job):
     first = submitted(backend, bundle_dir, job)
     second = submitted(backend, bundle_dir, job)
     assert first.remote_id == second.remote_id and len(cloud.jobs) == 1
-    assert len(cloud.calls("POST", r"/upload/")) == 1
+    assert len(cloud.calls("POST", r"/upload/")) == 2  # the bundle and launcher.py, once
 
 
 def test_permanent_400_is_not_retried(cloud, bundle_dir, job):
@@ -401,6 +419,15 @@ def test_resources_and_prices():
     )
     assert machine_for(ResourceSpec(gpus=2)).accelerator_type == "NVIDIA_TESLA_T4"
     assert machine_for(ResourceSpec(gpu_type="l4")).accelerator_type == "NVIDIA_L4"
+    # Blackwell machine families come with their accelerators
+    for machine, gpu, count in (
+        ("a4-highgpu-8g", "NVIDIA_B200", 8),
+        ("a4x-highgpu-4g", "NVIDIA_GB200", 4),
+        ("g4-standard-48", "NVIDIA_RTX_PRO_6000", 1),
+        ("g4-standard-192", "NVIDIA_RTX_PRO_6000", 4),
+    ):
+        hw = machine_for(ResourceSpec(instance_type=machine))
+        assert (hw.accelerator_type, hw.accelerator_count, hw.built_in) == (gpu, count, True)
     backend = VertexBackend()
     cost = backend.estimate_cost(ResourceSpec(gpus=1, max_runtime_hours=3))
     assert cost.instance_type == "n1-standard-4+NVIDIA_TESLA_T4" and cost.hours == 3
@@ -411,6 +438,27 @@ def test_resources_and_prices():
         ResourceSpec(instance_type="a3-highgpu-8g", max_runtime_hours=2, extra={"hourly_usd": 90})
     )
     assert given.total_usd == 180
+
+
+def test_images_that_cannot_run_on_the_machine_are_refused(monkeypatch, job):
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "proj")
+    monkeypatch.setenv("NEURAL_JUPYTER_VERTEX_BUCKET", "gs://b")
+    backend = VertexBackend()
+    with pytest.raises(ConfigurationError, match="Arm"):  # a4x: Grace CPUs, x86 images
+        backend.plan(job, ResourceSpec(instance_type="a4x-highgpu-4g"))
+    with pytest.raises(ConfigurationError, match="deprecated"):
+        backend.plan(job, ResourceSpec(instance_type="n1-standard-4+NVIDIA_TESLA_K80"))
+    image = vertex.IMAGES.default()
+    blackwell = ResourceSpec(instance_type="a4-highgpu-8g")
+    if image.cuda_key < (12, 8):  # the prebuilt image's CUDA predates Blackwell
+        with pytest.raises(ConfigurationError, match=r"CUDA 12\.8"):
+            backend.plan(job, blackwell)
+    else:
+        backend.plan(job, blackwell)
+    own = ResourceSpec(instance_type="a4-highgpu-8g", extra={"image": "us-docker.pkg.dev/p/i:1"})
+    pool = backend.plan(job, own)["CreateCustomJob"]["customJob"]["jobSpec"]["workerPoolSpecs"][0]
+    assert pool["containerSpec"]["imageUri"] == "us-docker.pkg.dev/p/i:1"
+    assert pool["machineSpec"]["acceleratorType"] == "NVIDIA_B200"
 
 
 def test_missing_configuration_and_sdk(monkeypatch, tmp_path, job):
@@ -455,3 +503,178 @@ def test_full_submit_trains_for_real_and_keeps_secrets(cloud, neural_home, capsy
     assert ACCESS_TOKEN in tokens  # the storage client did refresh against the fake
     for secret in {*tokens, key_file[1].splitlines()[1]}:
         assert secret not in blob
+
+
+# --- user code --------------------------------------------------------------------------------
+def test_a_decorated_function_runs_as_a_custom_job(cloud, neural_home):
+    """A user-code bundle through the same container command: its value comes back through
+    gs://.../output/, and a failed job's result.pkl too (the exception itself)."""
+    import numpy as np
+    from usercode_jobs import check_raised, outer, scaled
+
+    cloud.execute = True
+    options = {"platform": "vertex", "extra": {"log_sync_seconds": 0.5}, "monitor": "none"}
+    notebook = ".".join(map(str, sys.version_info[:2]))
+    if notebook not in vertex.IMAGES.pythons:  # Google's images: another Python, said at once
+        with pytest.raises(ConfigurationError, match=f"this notebook {notebook}"):
+            neural_jupyter.remote(**options)(scaled)([1.0])
+        assert not cloud.requests
+    # the double runs the container with this machine's Python, whatever the image
+    options["extra"]["image"] = f"us-docker.pkg.dev/proj/images/torch-py{notebook}:1"
+    out = neural_jupyter.remote(**options)(scaled)([1.0, 2.0], factor=3.0)
+    np.testing.assert_array_equal(out["values"], [3.0, 6.0])
+    record = JobStore().list(platform="vertex")[0]
+    assert record.status.value == "SUCCEEDED" and record.config["kind"] == "function"
+    with pytest.raises(neural_jupyter.RemoteError) as caught:
+        neural_jupyter.remote(**options)(outer)(41)
+    check_raised(caught.value)
+    assert isinstance(caught.value.exception, KeyError)
+
+
+# --- data-parallel training (nodes × procs_per_node) ----------------------------------------
+def test_nodes_become_a_primary_pool_and_a_worker_pool(cloud, bundle_dir, job):
+    """--nodes 3 --procs-per-node 2: pool 0 one primary replica, pool 1 two more, the same
+    machine, image and command; the request is one the SDK's CustomJob type accepts."""
+    from google.cloud import aiplatform_v1
+
+    backend = VertexBackend()
+    resources = ResourceSpec(
+        gpus=2, gpu_type="T4", nodes=3, procs_per_node=2, max_runtime_hours=1
+    ).validated()
+    remote = submitted(backend, bundle_dir, job, resources)
+    (create,) = cloud.calls("POST", r"/customJobs$")
+    primary, workers = create.json["jobSpec"]["workerPoolSpecs"]
+    assert (primary["replicaCount"], workers["replicaCount"]) == ("1", "2")
+    assert {k: v for k, v in workers.items() if k != "replicaCount"} == {
+        k: v for k, v in primary.items() if k != "replicaCount"
+    }
+    assert primary["machineSpec"] == {
+        "machineType": "n1-standard-4",
+        "acceleratorType": 5,
+        "acceleratorCount": 2,
+    }
+    args = primary["containerSpec"]["args"]
+    assert args[-4:] == ["--nnodes", "3", "--nproc-per-node", "2"]
+    assert "--node-rank" not in args and "--master-addr" not in args  # from CLUSTER_SPEC
+    # the SDK's own type: every field known, the counts integers
+    request = aiplatform_v1.CustomJob.from_json(
+        json.dumps(backend.custom_job(job, resources, backend.place(job, resources)))
+    )
+    pools = request.job_spec.worker_pool_specs
+    assert [p.replica_count for p in pools] == [1, 2]
+    assert pools[1].machine_spec.accelerator_count == 2
+    assert list(pools[1].container_spec.args) == args
+    # cancel is one call for the whole job (every replica of every pool)
+    backend.cancel(remote)
+    (cancel,) = cloud.calls("POST", r":cancel$")
+    assert cancel.path == f"/v1/{remote.remote_id}:cancel"
+    # the budget: three machines for the hour
+    given = {"hourly_usd": 1.5}
+    three = backend.estimate_cost(ResourceSpec(nodes=3, max_runtime_hours=1, extra=given))
+    assert three.total_usd == pytest.approx(4.5) and "3 replicas" in three.note
+    one = backend.estimate_cost(ResourceSpec(gpus=1, max_runtime_hours=1))
+    three = backend.estimate_cost(ResourceSpec(gpus=1, nodes=3, max_runtime_hours=1))
+    assert three.hourly_usd == pytest.approx(3 * one.hourly_usd) and "3 replicas" in three.note
+
+
+def test_each_replica_finds_its_node_rank_in_cluster_spec():
+    """What the launcher in each replica runs, from the CLUSTER_SPEC Vertex AI sets there."""
+    from neural_jupyter.runtime import launcher
+
+    args = launcher.parse_args(["--nnodes", "3", "--nproc-per-node", "4"])
+    cluster = {
+        "workerpool0": ["cmle-training-workerpool0-ab-0:2222"],
+        "workerpool1": [
+            "cmle-training-workerpool1-ab-0:2222",
+            "cmle-training-workerpool1-ab-1:2222",
+        ],
+    }
+
+    def command(kind: str, index: int) -> list[str]:
+        spec = {"cluster": cluster, "environment": "cloud", "task": {"type": kind, "index": index}}
+        return launcher.torchrun_arguments(args, {"CLUSTER_SPEC": json.dumps(spec)})
+
+    for kind, index, rank in (("workerpool0", 0, 0), ("workerpool1", 0, 1), ("workerpool1", 1, 2)):
+        found = command(kind, index)
+        assert found[found.index("--node-rank") + 1] == str(rank)
+        assert found[found.index("--master-addr") + 1] == "cmle-training-workerpool0-ab-0"
+        assert found[found.index("--master-port") + 1] == "2222"
+        assert found[found.index("--nnodes") + 1] == "3"
+        assert found[found.index("--nproc-per-node") + 1] == "4"
+    # one machine: a rendezvous of its own, whatever the cluster says
+    single = launcher.parse_args(["--nnodes", "1", "--nproc-per-node", "2"])
+    spec = {"cluster": {"workerpool0": ["h:2222"]}, "task": {"type": "workerpool0", "index": 0}}
+    found = launcher.torchrun_arguments(single, {"CLUSTER_SPEC": json.dumps(spec)})
+    assert "--standalone" in found and "--master-addr" not in found
+
+
+def _training(cloud) -> list[int]:
+    """The pids of every replica's train.py processes (below each replica's process)."""
+    from tests.test_distributed import descendants
+
+    found = []
+    for process in list(cloud.processes.values()):
+        for child in descendants(process.pid):
+            with contextlib.suppress(OSError):
+                if "train.py" in Path(f"/proc/{child}/cmdline").read_text():
+                    found.append(child)
+    return found
+
+
+@pytest.mark.slow
+def test_two_replicas_train_for_real_with_one_stream(cloud, neural_home):
+    """--nodes 2: the fake starts both replicas with their CLUSTER_SPEC; their torchruns meet
+    at the primary's address and train as one gloo group. One event stream (rank 0's),
+    outputs from node 0 only, node 1's log kept beside node 0's."""
+    cloud.execute = True
+    run = api.submit(
+        SMALL,
+        "digits",
+        platform="vertex",
+        nodes=2,
+        extra={"log_sync_seconds": 0.5},
+        monitor="none",
+    )
+    assert run.status == "SUCCEEDED", JobStore().get(run.job_id).error
+    assert len(run.history) == 2 and (run.directory / "output" / "model.pt").exists()
+    job_dir = run.directory.parent
+    stream = [
+        json.loads(line)
+        for line in (job_dir / "stdout.log").read_text().splitlines()
+        if line.startswith('{"event"')
+    ]
+    starts = [e for e in stream if e["event"] == "start"]
+    assert len(starts) == 1 and starts[0]["world_size"] == 2
+    (create,) = cloud.calls("POST", r"/customJobs$")
+    prefix = create.json["jobSpec"]["baseOutputDirectory"]["outputUriPrefix"][
+        len(f"gs://{BUCKET}/") :
+    ]
+    node1 = cloud.object_data(BUCKET, f"{prefix}logs/node-1/stderr.log")
+    assert node1 is not None and b"data parallel" not in node1  # rank 0 says it, on node 0
+    assert b"data parallel: 2 processes (gloo), 1 on this node" in cloud.object_data(
+        BUCKET, f"{prefix}logs/stderr.log"
+    )
+    assert cloud.job()["jobSpec"]["workerPoolSpecs"][1]["replicaCount"] == "1"
+
+
+@pytest.mark.slow
+def test_cancel_stops_every_replica(cloud, neural_home):
+    cloud.execute = True
+    job = api.submit(
+        SMALL, "digits", platform="vertex", nodes=2, epochs=500, wait=False, monitor="none"
+    )
+    from tests.test_distributed import alive, wait_for
+
+    # each replica: launcher → torchrun → train.py (one rank each)
+    assert wait_for(lambda: len(_training(cloud)) >= 2, 120), "the replicas never started"
+    ranks = _training(cloud)
+    processes = list(cloud.processes.values())
+    assert len(processes) == 2
+    job.cancel()
+    cloud.wait_for_process(60)
+    assert wait_for(lambda: not any(alive(pid) for pid in ranks), 30), "a rank outlived cancel"
+    deadline = time.monotonic() + 30
+    while cloud.job()["state"] != "JOB_STATE_CANCELLED" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cloud.job()["state"] == "JOB_STATE_CANCELLED"
+    assert job.refresh().status.value == "CANCELLED"

@@ -1,10 +1,12 @@
 """Azure Machine Learning: the bundle runs as a ``command`` job (``azure-ai-ml``).
 
 ``submit`` sends one command job: code = the bundle folder (the SDK uploads it to the
-workspace's storage), ``python -u train.py`` in a curated PyTorch environment
-(``AzureML-acpt-pytorch-2.2-cuda12.1@latest`` unless ``--set environment=...``), on a named
-compute cluster (``--set compute=NAME``) or, without one, on serverless compute of
-``--instance VM_SIZE``. ``limits.timeout`` comes from ``--max-hours``/``--timeout``.
+workspace's storage), ``python -u launcher.py`` (it installs a user-code bundle's
+requirements and runs ``python train.py``) in a curated PyTorch environment pinned to one
+version (``image_tables/azureml.json``, unless ``--set environment=...``), on a named compute
+cluster (``--set compute=NAME``) or, without one, on serverless compute of
+``--instance VM_SIZE`` (``--spot``: its spot tier). ``limits.timeout`` comes from
+``--max-hours``/``--timeout``.
 
 - One job per idempotency key: its name comes from the key. Every try first asks for a job of
   that name; one that exists is the job a previous try (or run) started, so a retried submit
@@ -15,7 +17,18 @@ compute cluster (``--set compute=NAME``) or, without one, on serverless compute 
   each line parsed with the event protocol.
 - Outputs: ``train.py`` writes ``output/``, linked to ``outputs/``, which Azure ML keeps with
   the run; ``jobs.download`` brings them back into the job's ``bundle/output`` at the end.
-- Cancel: ``jobs.begin_cancel``.
+- Cancel: ``jobs.begin_cancel`` (the whole job: every instance).
+- Data-parallel training (``--nodes N --procs-per-node P``, docs/distributed.md): ``N``
+  instances (``resources.instance_count``) with ``distribution: PyTorch`` and one process
+  per instance (``process_count_per_instance: 1``, Azure ML's "per-node launch"): Azure ML
+  starts the command once on each instance with ``NODE_RANK``, ``MASTER_ADDR`` and
+  ``MASTER_PORT`` set, and the launcher there runs torchrun (``--nnodes N
+  --nproc-per-node P``) as that node of the rendezvous at instance 0. One launcher per
+  machine (one bundle unpacked, one install of requirements), torchrun's own ``RANK``/
+  ``LOCAL_RANK``/``WORLD_SIZE`` for each process, and torchrun's report of the first failed
+  rank. The log read is process 0's (``user_logs/std_log_process_0.txt``, instance 0);
+  a failed instance fails the job. One instance with ``P`` > 1 needs no distribution: the
+  launcher runs torchrun on that machine alone.
 
 Workspace: ``--set subscription_id=... resource_group=... workspace=...``, else a
 ``config.json`` (``--set config=PATH``, else found like ``MLClient.from_config`` does).
@@ -34,101 +47,129 @@ import shutil
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from neural_jupyter.backends.base import (
-    CANCELLED,
-    FAILED,
-    PENDING,
-    RUNNING,
-    SUCCEEDED,
-    UNKNOWN,
-    Backend,
-    CostEstimate,
-    RemoteJob,
-    RemoteStatus,
-    ResourceSpec,
-    StreamItem,
-    Submission,
-)
+from neural_jupyter.backends import base, retry
+from neural_jupyter.backends.base import State
+from neural_jupyter.backends.images import table
 from neural_jupyter.backends.log_mirror import LogMirror
-from neural_jupyter.backends.retry import TRANSIENT_HTTP_STATUS, call_with_retries
-from neural_jupyter.errors import (
-    ConfigurationError,
-    JobError,
-    MissingDependencyError,
-    PlatformAuthError,
-    PlatformConnectionError,
-    PlatformError,
-    QuotaError,
-)
+from neural_jupyter.backends.remote import LogReader, Look, RemotePlatform, StateTable
+from neural_jupyter.errors import ConfigurationError, JobError, PlatformAuthError, PlatformError
 from neural_jupyter.redaction import redact
 from neural_jupyter.runtime.bundle import Bundle
-from neural_jupyter.runtime.events import Event, parse_line
+from neural_jupyter.runtime.events import parse_line
+from neural_jupyter.runtime.jobdir import artifact_name, output_target
 
 PLATFORM = "azureml"
-DEFAULT_ENVIRONMENT = "AzureML-acpt-pytorch-2.2-cuda12.1@latest"
+DEFAULT_ENVIRONMENT = table("azureml").default()["name"]
 DEFAULT_EXPERIMENT = "neural-jupyter"
-# train.py writes output/; Azure ML keeps what a job writes to ./outputs with the run.
-COMMAND = "mkdir -p outputs && ln -sfn outputs output && python -u train.py"
+# train.py writes output/; Azure ML keeps what a job writes to ./outputs with the run. The
+# launcher installs a user-code bundle's requirements, then runs train.py.
+COMMAND = "mkdir -p outputs && ln -sfn outputs output && python -u launcher.py"
 STD_LOGS = (
     "user_logs/std_log.txt",
     "user_logs/std_log_process_0.txt",
     "azureml-logs/70_driver_log.txt",
 )
-ARTIFACT_NAMES = {"model.pt": "weights", "history.json": "history", "checkpoint.pt": "checkpoint"}
 MANAGEMENT_SCOPE = "https://management.azure.com/.default"
 
 # Azure ML job status -> (our state, what it means). Published in docs/platforms/azureml.md.
-STATE_TABLE: dict[str, tuple[str, str]] = {
-    "NotStarted": (PENDING, "not started yet"),
-    "Queued": (PENDING, "queued, waiting for compute"),
-    "Preparing": (PENDING, "preparing the environment image"),
-    "Provisioning": (PENDING, "provisioning compute"),
-    "Starting": (PENDING, "starting"),
-    "Running": (RUNNING, "running"),
-    "Finalizing": (RUNNING, "finalizing, uploading outputs"),
-    "CancelRequested": (RUNNING, "cancel requested"),
-    "NotResponding": (RUNNING, "not responding (no heartbeat from the compute lately)"),
-    "Paused": (PENDING, "paused"),
-    "Completed": (SUCCEEDED, "completed"),
-    "Failed": (FAILED, "failed"),
-    "Canceled": (CANCELLED, "canceled"),
-}
-
-
-def _sdk() -> Any:
-    experimental = logging.getLogger("azure.ai.ml._utils._experimental")
-    if experimental.level == logging.NOTSET:  # "experimental class" notes at import: not ours
-        experimental.setLevel(logging.ERROR)
-    try:
-        import azure.ai.ml as aml
-    except ImportError:
-        raise MissingDependencyError("azure-ai-ml", "azureml", "The Azure ML backend") from None
-    return aml
+STATE_TABLE = StateTable(
+    {
+        "NotStarted": (State.PENDING, "not started yet"),
+        "Queued": (State.PENDING, "queued, waiting for compute"),
+        "Preparing": (State.PENDING, "preparing the environment image"),
+        "Provisioning": (State.PENDING, "provisioning compute"),
+        "Starting": (State.PENDING, "starting"),
+        "Running": (State.RUNNING, "running"),
+        "Finalizing": (State.RUNNING, "finalizing, uploading outputs"),
+        "CancelRequested": (State.RUNNING, "cancel requested"),
+        "NotResponding": (State.RUNNING, "not responding (no heartbeat from the compute lately)"),
+        "Paused": (State.PENDING, "paused"),
+        "Completed": (State.SUCCEEDED, "completed"),
+        "Failed": (State.FAILED, "failed"),
+        "Canceled": (State.CANCELLED, "canceled"),
+    }
+)
 
 
 def job_name_for(key: str) -> str:
     """The Azure ML job name for an idempotency key (same key, same job)."""
-    return "nj-" + re.sub(r"[^a-z0-9_-]+", "-", key.lower()).strip("-")[:200]
+    return base.name_for(key, 203, allowed="a-z0-9_-")
 
 
-def state_of(status: str | None) -> tuple[str, str]:
-    if not status:
-        return UNKNOWN, "no status yet"
-    return STATE_TABLE.get(str(status), (UNKNOWN, str(status)))
+SERVICE_ERRORS = ("ServiceRequestError", "ServiceResponseError")  # no answer from Azure
 
 
-class AzureMLBackend(Backend):
+def read_azure(exc: BaseException) -> retry.Failure:
+    """The Azure error underneath the SDK's wrappers: HTTP status, error code, message."""
+    root = _root(exc)
+    error = getattr(root, "error", None)
+    code = str(getattr(error, "code", None) or "")
+    message = getattr(error, "message", None)
+    text = f"({code}) {message}" if message and code else str(message or _first_line(root))
+    status = getattr(root, "status_code", None)
+    if status is None and getattr(root, "response", None) is not None:
+        status = getattr(root.response, "status_code", None)
+    return retry.Failure(root, status if isinstance(status, int) else None, code, text)
+
+
+FAULTS = retry.FaultPolicy(
+    PLATFORM,
+    "Azure ML",
+    read=read_azure,
+    rules=(
+        retry.Rule(
+            retry.AUTH,
+            types=("ClientAuthenticationError",),
+            message="{text}",
+            hint="'az login' (or check the identity's role on the workspace: AzureML Data "
+            "Scientist or Contributor)",
+        ),
+        retry.Rule(
+            retry.AUTH,
+            statuses=(403,),
+            message="{text}",
+            hint="the identity needs AzureML Data Scientist (or Contributor) on the "
+            "workspace (docs/platforms/azureml.md)",
+        ),
+        retry.Rule(retry.QUOTA, words=("quota",), message="{text}"),
+        retry.Rule(
+            retry.UNAVAILABLE, statuses=retry.TRANSIENT_HTTP_STATUS, retry=True, message="{text}"
+        ),
+        retry.Rule(retry.UNAVAILABLE, types=(*retry.CONNECTION_TYPES, *SERVICE_ERRORS), retry=True),
+        retry.Rule(
+            retry.INVALID,
+            exact_types=("ValidationException",),
+            message="Azure ML refused the job: {text}",
+        ),
+        retry.Rule(types=("HttpResponseError",), message="{text}"),
+    ),
+)
+
+
+class AzureMLBackend(RemotePlatform):
     name = PLATFORM
     label = "Azure Machine Learning"
+    image_option = "environment"
     extra = "azureml"
+    sdk_modules: ClassVar[Mapping[str, str]] = {
+        "azure.ai.ml": "azure-ai-ml",
+        "azure.identity": "azure-identity",
+    }
+    paid = True
+    price_table = PLATFORM
+    faults = FAULTS
+    max_nodes = 100  # instance_count: each instance one node of the torchrun job
 
-    poll_seconds = 10.0
-    heartbeat_seconds = 0.25
+    @classmethod
+    def sdk(cls, module: str | None = None) -> Any:
+        experimental = logging.getLogger("azure.ai.ml._utils._experimental")
+        if experimental.level == logging.NOTSET:  # "experimental" notes at import: not ours
+            experimental.setLevel(logging.ERROR)
+        return super().sdk(module)
 
     def __init__(self, credential: Any = None, client_options: Mapping[str, Any] | None = None):
         """``credential``: a ``TokenCredential`` (default ``DefaultAzureCredential``);
@@ -141,14 +182,8 @@ class AzureMLBackend(Backend):
     # --- client -------------------------------------------------------------------------------
     def get_credential(self) -> Any:
         if self.credential is None:
-            _sdk()
-            try:
-                from azure.identity import DefaultAzureCredential
-            except ImportError:
-                raise MissingDependencyError(
-                    "azure-identity", "azureml", "The Azure ML backend"
-                ) from None
-            self.credential = DefaultAzureCredential()
+            self.sdk()
+            self.credential = self.sdk("azure.identity").DefaultAzureCredential()
         return self.credential
 
     def _options(self) -> dict[str, Any]:
@@ -168,7 +203,7 @@ class AzureMLBackend(Backend):
         space = settings.get("workspace") or settings.get("workspace_name")
         if sub and group and space:
             return str(sub), str(group), str(space)
-        aml = _sdk()
+        aml = self.sdk()
         try:
             client = aml.MLClient.from_config(
                 self.get_credential(), path=settings.get("config"), **self._options()
@@ -185,13 +220,13 @@ class AzureMLBackend(Backend):
         key = (sub, group, space)
         with self._lock:
             if key not in self._clients:
-                aml = _sdk()
+                aml = self.sdk()
                 self._clients[key] = aml.MLClient(
                     self.get_credential(), sub, group, space, **self._options()
                 )
             return self._clients[key]
 
-    def _job_client(self, job: RemoteJob) -> tuple[Any, str]:
+    def _job_client(self, job: base.RemoteJob) -> tuple[Any, str]:
         details = job.details
         if not details.get("subscription_id"):
             raise JobError(f"job {job.id} has no Azure ML workspace recorded", job_id=job.id)
@@ -200,18 +235,17 @@ class AzureMLBackend(Backend):
         )
         return ml, str(details.get("job_name") or job.remote_id)
 
-    @staticmethod
-    def _call(func: Callable[[], Any]) -> Any:
-        try:
-            return call_with_retries(func, _is_transient)
-        except Exception as exc:
-            raise _platform_error(exc) from None
+    def _call(self, func: Callable[[], Any]) -> Any:
+        return self.call("Azure ML", func)
 
     # --- the request --------------------------------------------------------------------------
-    def command_job(self, bundle_path: str | Path, job: RemoteJob, resources: ResourceSpec):
-        aml = _sdk()
+    def command_job(
+        self, bundle_path: str | Path, job: base.RemoteJob, resources: base.ResourceSpec
+    ):
+        aml = self.sdk()
         extra = resources.extra
         compute = extra.get("compute")
+        _check_spot(resources)
         if not compute and not resources.instance_type:
             raise ConfigurationError(
                 "Azure ML needs a compute cluster (--set compute=NAME) or a VM size for "
@@ -222,8 +256,8 @@ class AzureMLBackend(Backend):
             "display_name": f"{bundle_model(bundle_path)} ({job.id})",
             "experiment_name": str(extra.get("experiment") or DEFAULT_EXPERIMENT),
             "code": str(bundle_path),
-            "command": COMMAND,
-            "environment": str(extra.get("environment") or DEFAULT_ENVIRONMENT),
+            "command": command_for(resources),
+            "environment": str(extra.get("environment") or self.image_row(job)["name"]),
             "environment_variables": {"PYTHONUNBUFFERED": "1"},
             "tags": {
                 "neural-jupyter-job": job.id,
@@ -235,27 +269,34 @@ class AzureMLBackend(Backend):
         else:
             settings["instance_type"] = resources.instance_type
             settings["instance_count"] = 1
+        if resources.nodes > 1:  # one launcher per instance; it runs torchrun there
+            settings["instance_count"] = resources.nodes
+            settings["distribution"] = aml.PyTorchDistribution(process_count_per_instance=1)
         if resources.max_seconds:
             settings["timeout"] = max(1, int(resources.max_seconds))
         if resources.spot:
-            settings["job_tier"] = "Spot"
+            settings["job_tier"] = "Spot"  # serverless only (_check_spot)
         if extra.get("shm_size"):
             settings["shm_size"] = str(extra["shm_size"])
         return aml.command(**settings)
 
-    def plan(self, job: RemoteJob, resources: ResourceSpec) -> dict[str, Any]:
+    def plan(self, job: base.RemoteJob, resources: base.ResourceSpec) -> dict[str, Any]:
         extra = resources.extra
+        _check_spot(resources)
         request: dict[str, Any] = {
             "name": job_name_for(job.idempotency_key),
-            "command": COMMAND,
+            "command": command_for(resources),
             "code": "<the bundle folder, uploaded to the workspace's storage>",
-            "environment": str(extra.get("environment") or DEFAULT_ENVIRONMENT),
+            "environment": str(extra.get("environment") or self.image_row(job)["name"]),
             "experiment_name": str(extra.get("experiment") or DEFAULT_EXPERIMENT),
         }
         if extra.get("compute"):
             request["compute"] = str(extra["compute"])
         elif resources.instance_type:
             request["resources"] = {"instance_type": resources.instance_type, "instance_count": 1}
+        if resources.nodes > 1:
+            request.setdefault("resources", {})["instance_count"] = resources.nodes
+            request["distribution"] = {"type": "pytorch", "process_count_per_instance": 1}
         if resources.max_seconds:
             request["limits"] = {"timeout": max(1, int(resources.max_seconds))}
         if resources.spot:
@@ -288,7 +329,9 @@ class AzureMLBackend(Backend):
                 "AZURE_CLIENT_SECRET for a service principal, or use a managed identity)",
             ) from None
 
-    def submit(self, bundle: Bundle, job: RemoteJob, resources: ResourceSpec) -> Submission:
+    def submit(
+        self, bundle: Bundle, job: base.RemoteJob, resources: base.ResourceSpec
+    ) -> base.Submission:
         extra = resources.extra
         sub, group, space = self.workspace(extra)
         ml = self.client(sub, group, space)
@@ -317,7 +360,7 @@ class AzureMLBackend(Backend):
             "studio_url": studio,
             "adopted": adopted or None,
         }
-        return Submission(name, {k: v for k, v in details.items() if v is not None})
+        return base.Submission(name, {k: v for k, v in details.items() if v is not None})
 
     @staticmethod
     def _get_job(ml: Any, name: str) -> Any:
@@ -328,31 +371,37 @@ class AzureMLBackend(Backend):
         except ResourceNotFoundError:
             return None
 
-    def status(self, job: RemoteJob) -> RemoteStatus:
+    def look(self, job: base.RemoteJob) -> Look:
         ml, name = self._job_client(job)
         remote = self._call(lambda: self._get_job(ml, name))
         if remote is None:
-            return RemoteStatus(UNKNOWN, message=f"Azure ML job {name} not found")
-        return self._status_of(ml, name, _status_text(remote.status), job)
-
-    def _status_of(self, ml: Any, name: str, raw: str, job: RemoteJob) -> RemoteStatus:
-        state, meaning = state_of(raw)
-        if state == FAILED:
-            return RemoteStatus(
-                FAILED, _exit_code(error := self._error(ml, name)), error or meaning
+            return Look(
+                base.RemoteStatus(State.UNKNOWN, message=f"Azure ML job {name} not found"),
+                gone=True,
             )
-        if state == CANCELLED:
+        raw = _status_text(remote.status)
+        state = self._status_of(ml, name, raw, job)
+        announce = None if state.is_terminal else f"Azure ML: {state.message}"
+        return Look(state, raw, announce, {"state": state.state, "status": raw}, raw=(ml, name))
+
+    def _status_of(self, ml: Any, name: str, raw: str, job: base.RemoteJob) -> base.RemoteStatus:
+        state, meaning = STATE_TABLE.lookup(raw)
+        if state == State.FAILED:
+            return base.RemoteStatus(
+                State.FAILED, _exit_code(error := self._error(ml, name)), error or meaning
+            )
+        if state == State.CANCELLED:
             error = self._error(ml, name) or ""
-            if not (job.directory / "cancel_requested").exists() and (
+            if not job.files.cancel_requested.exists() and (
                 "timeout" in error.lower() or "time limit" in error.lower()
             ):
-                return RemoteStatus(
-                    FAILED, None, "stopped at its time limit (limits.timeout)", timed_out=True
+                return base.RemoteStatus(
+                    State.FAILED, None, "stopped at its time limit (limits.timeout)", timed_out=True
                 )
-            return RemoteStatus(CANCELLED, None, error or meaning)
-        if state == SUCCEEDED:
-            return RemoteStatus(SUCCEEDED, 0, meaning)
-        return RemoteStatus(state, None, f"{raw}: {meaning}")
+            return base.RemoteStatus(State.CANCELLED, None, error or meaning)
+        if state == State.SUCCEEDED:
+            return base.RemoteStatus(State.SUCCEEDED, 0, meaning)
+        return base.RemoteStatus(state, None, f"{raw}: {meaning}")
 
     def _error(self, ml: Any, name: str) -> str | None:
         """The run's error message (run history), if it has one."""
@@ -377,40 +426,8 @@ class AzureMLBackend(Backend):
                 return str(files[key])
         return None
 
-    def events(self, job: RemoteJob, *, follow: bool = True) -> Iterator[StreamItem]:
-        ml, name = self._job_client(job)
-        mirror = LogMirror(job.directory)
-        tail = LogTail()
-        last = None
-        while True:
-            remote = self._call(lambda: self._get_job(ml, name))
-            raw = _status_text(remote.status) if remote is not None else "Unknown"
-            state = self._status_of(ml, name, raw, job) if remote else RemoteStatus(UNKNOWN)
-            if raw != last and not state.is_terminal:
-                last = raw
-                yield Event(
-                    "status",
-                    {"state": state.state, "status": raw, "message": f"Azure ML: {state.message}"},
-                )
-            if state.state == RUNNING or state.is_terminal:
-                lines = self._read_log(ml, name, tail, final=state.is_terminal)
-                first = tail.count - len(lines)
-                for number, line in enumerate(lines, first + 1):
-                    mirror.add(line, number)
-                    yield parse_line(line)
-            if state.is_terminal or remote is None:
-                if tail.count == 0:  # no log left on the platform: what this machine kept
-                    for line, stream in mirror.lines():
-                        yield parse_line(line, stream)
-                if state.state == SUCCEEDED:
-                    yield from self.bring_back_outputs(job)
-                return
-            if not follow:
-                return
-            deadline = time.monotonic() + self.poll_seconds
-            while time.monotonic() < deadline:
-                yield None
-                time.sleep(self.heartbeat_seconds)
+    def log_reader(self, job: base.RemoteJob) -> LogReader:
+        return _StdLog(self, job)
 
     def _read_log(self, ml: Any, name: str, tail: LogTail, final: bool) -> list[str]:
         try:
@@ -425,12 +442,12 @@ class AzureMLBackend(Backend):
 
         def fetch() -> Any:
             response = requests.get(url, headers=headers, timeout=60)
-            if response.status_code in TRANSIENT_HTTP_STATUS:
+            if response.status_code in retry.TRANSIENT_HTTP_STATUS:
                 response.raise_for_status()
             return response
 
         try:
-            response = call_with_retries(fetch, _is_transient)
+            response = retry.call_with_retries(fetch, FAULTS.is_transient)
         except Exception:
             return []
         if response.status_code == 206:
@@ -441,7 +458,7 @@ class AzureMLBackend(Backend):
             data = b""
         return tail.feed(data, final)
 
-    def fetch_artifacts(self, job: RemoteJob, destination: Path) -> dict[str, Path]:
+    def fetch_artifacts(self, job: base.RemoteJob, destination: Path) -> dict[str, Path]:
         """``jobs.download`` of the run's ``outputs/`` into ``destination``."""
         ml, name = self._job_client(job)
         scratch = Path(tempfile.mkdtemp(prefix="neural-azureml-"))
@@ -453,27 +470,69 @@ class AzureMLBackend(Backend):
                 relative = source.relative_to(scratch).parts
                 if not source.is_file() or "outputs" not in relative:
                     continue
-                inner = relative[relative.index("outputs") + 1 :]
-                if not inner or inner[-1] == "status.json":
+                inner = "/".join(relative[relative.index("outputs") + 1 :])
+                target = output_target(destination, inner)
+                if target is None:
                     continue
-                target = destination.joinpath(*inner)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
-                found[ARTIFACT_NAMES.get(target.name, target.name)] = target
+                found[artifact_name(inner)] = target
             return found
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def cancel(self, job: RemoteJob) -> None:
+    def cancel(self, job: base.RemoteJob) -> None:
         ml, name = self._job_client(job)
-        job.directory.mkdir(parents=True, exist_ok=True)
-        (job.directory / "cancel_requested").touch()
+        job.files.mark(job.files.cancel_requested)
         self._call(lambda: ml.jobs.begin_cancel(name))
 
-    def estimate_cost(self, resources: ResourceSpec) -> CostEstimate | None:
+    def estimate_cost(self, resources: base.ResourceSpec) -> base.CostEstimate | None:
         if not resources.instance_type:
             return None  # a named cluster's VM size is not known here
         return super().estimate_cost(resources)
+
+
+class _StdLog(LogReader):
+    """``user_logs/std_log.txt`` read incrementally from the run-history log URL (what
+    ``ml_client.jobs.stream`` reads), mirrored into the job's directory."""
+
+    def __init__(self, backend: AzureMLBackend, job: base.RemoteJob) -> None:
+        self.backend = backend
+        self.mirror = LogMirror(job.directory)
+        self.tail = LogTail()
+
+    def read(self, look: Look, follow: bool) -> Iterator[base.StreamItem]:
+        if look.raw is None or not (look.status.state == State.RUNNING or look.status.is_terminal):
+            return
+        ml, name = look.raw
+        lines = self.backend._read_log(ml, name, self.tail, final=look.status.is_terminal)
+        first = self.tail.count - len(lines)
+        for number, line in enumerate(lines, first + 1):
+            self.mirror.add(line, number)
+            yield parse_line(line)
+
+    def finish(self, look: Look) -> Iterator[base.StreamItem]:
+        if (look.status.is_terminal or look.gone) and self.tail.count == 0:
+            for line, stream in self.mirror.lines():  # no log left there: what was kept here
+                yield parse_line(line, stream)
+
+
+def command_for(resources: base.ResourceSpec) -> str:
+    """The job's command: ``COMMAND``, with the launcher's torchrun options for
+    ``nodes × procs_per_node`` above 1 × 1 (each instance's node rank and instance 0's
+    address come from Azure ML's ``NODE_RANK``/``MASTER_ADDR``/``MASTER_PORT``)."""
+    if resources.world_size == 1:
+        return COMMAND
+    return f"{COMMAND} --nnodes {resources.nodes} --nproc-per-node {resources.procs_per_node}"
+
+
+def _check_spot(resources: base.ResourceSpec) -> None:
+    if resources.spot and resources.extra.get("compute"):
+        raise ConfigurationError(
+            "--spot picks serverless spot capacity; a named cluster's VMs are dedicated or "
+            "low priority as the cluster was created",
+            hint="leave out --set compute (serverless, with --instance), or leave out --spot",
+        )
 
 
 def bundle_model(path: str | Path) -> str:
@@ -559,70 +618,3 @@ def _root(exc: BaseException) -> BaseException:
             else (current.__cause__ or current.__context__)
         )
     return exc
-
-
-def _is_transient(exc: BaseException) -> bool:
-    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
-
-    root = _root(exc)
-    if isinstance(root, (ServiceRequestError, ServiceResponseError)):
-        return True
-    if isinstance(root, HttpResponseError):
-        return root.status_code in TRANSIENT_HTTP_STATUS
-    try:
-        import requests
-    except ImportError:  # pragma: no cover
-        return False
-    if isinstance(root, requests.HTTPError):
-        return root.response is not None and root.response.status_code in TRANSIENT_HTTP_STATUS
-    return isinstance(root, (requests.ConnectionError, requests.Timeout, ConnectionError))
-
-
-def _azure_message(exc: Any) -> str:
-    error = getattr(exc, "error", None)
-    code = getattr(error, "code", None)
-    message = getattr(error, "message", None)
-    if message:
-        return f"({code}) {message}" if code else str(message)
-    return _first_line(exc)
-
-
-def _platform_error(exc: BaseException) -> Exception:
-    if isinstance(exc, PlatformError | ConfigurationError | JobError):
-        return exc
-    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
-
-    root = _root(exc)
-    if isinstance(root, ClientAuthenticationError):
-        status = getattr(root, "status_code", None)
-        return PlatformAuthError(
-            _azure_message(root),
-            platform=PLATFORM,
-            response=f"HTTP {status}" if status else None,
-            hint="'az login' (or check the identity's role on the workspace: AzureML Data "
-            "Scientist or Contributor)",
-        )
-    if isinstance(root, HttpResponseError):
-        status = root.status_code
-        message = _azure_message(root)
-        code = str(getattr(getattr(root, "error", None), "code", "") or "")
-        if status == 403:
-            return PlatformAuthError(
-                message,
-                platform=PLATFORM,
-                response="HTTP 403",
-                hint="the identity needs AzureML Data Scientist (or Contributor) on the "
-                "workspace (docs/platforms/azureml.md)",
-            )
-        if "quota" in (message + code).lower():
-            return QuotaError(message, platform=PLATFORM, response=f"HTTP {status}")
-        if status in TRANSIENT_HTTP_STATUS:
-            return PlatformConnectionError(message, platform=PLATFORM, response=f"HTTP {status}")
-        return PlatformError(message, platform=PLATFORM, response=f"HTTP {status}")
-    if _is_transient(root):
-        return PlatformConnectionError(
-            f"Azure ML could not be reached: {_first_line(root)}", platform=PLATFORM
-        )
-    if type(exc).__name__ == "ValidationException":  # the SDK's own checks, before sending
-        return ConfigurationError(f"Azure ML refused the job: {_first_line(exc)}")
-    return PlatformError(f"{type(exc).__name__}: {_first_line(exc)}", platform=PLATFORM)

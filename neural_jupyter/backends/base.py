@@ -1,36 +1,54 @@
 """The backend contract: move a bundle somewhere, start ``python train.py``, bring back its
-event stream and artifacts.
+event stream and artifacts; and the facts a platform declares about itself (paid or not, how
+many jobs at once, its price table, the extra that installs its SDK).
 
 Backends know nothing of the job store or widgets: the jobs layer hands them a ``RemoteJob``
 (the job's id, its local directory and the remote id a previous ``submit`` returned) and turns
-what they report into job-store updates.
+what they report into job-store updates. File names in the job's directory come from its
+``JobDir`` (``job.files``).
 """
 
 from __future__ import annotations
 
 import abc
-import json
+import hashlib
+import importlib
+import re
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, ClassVar, Protocol
 
-from neural_jupyter.errors import ConfigurationError, NeuralError
-from neural_jupyter.redaction import MASK, register_secret
-from neural_jupyter.runtime.bundle import Bundle
+from neural_jupyter.backends.images import Image, table
+from neural_jupyter.errors import ConfigurationError, MissingDependencyError, NeuralError
+from neural_jupyter.pricing import CostEstimate, estimate
+from neural_jupyter.redaction import MASK, harvest, redact, register_secret
+from neural_jupyter.runtime.bundle import BUNDLE_FILES, Bundle
 from neural_jupyter.runtime.events import Event, LogLine
+from neural_jupyter.runtime.jobdir import JobDir
 
-# The job states every platform's own states map onto.
-PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, UNKNOWN = (
-    "PENDING",
-    "RUNNING",
-    "SUCCEEDED",
-    "FAILED",
-    "CANCELLED",
-    "UNKNOWN",
-)
-TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+class State:
+    """The job states every platform's own states map onto (their one definition)."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    UNKNOWN = "UNKNOWN"
+    TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+    # after these, outputs come home: a failed run's checkpoint and a user-code job's
+    # exception record (output/result.pkl) are outputs too
+    WITH_OUTPUTS = frozenset({SUCCEEDED, FAILED})
+
+
+PENDING, RUNNING, SUCCEEDED = State.PENDING, State.RUNNING, State.SUCCEEDED
+FAILED, CANCELLED, UNKNOWN = State.FAILED, State.CANCELLED, State.UNKNOWN
+TERMINAL = State.TERMINAL
 
 
 class InstanceLedger(Protocol):
@@ -75,6 +93,27 @@ class RemoteJob:
     def idempotency_key(self) -> str:
         return str(self.details.get("idempotency_key") or self.id)
 
+    @property
+    def files(self) -> JobDir:
+        """The names of the job's local files."""
+        return JobDir(self.directory)
+
+    @property
+    def payload_python(self) -> str | None:
+        """The Python (major.minor) of the notebook that pickled a function or cell job's
+        payload (``details["python"]``), which loads best under the same version; None for
+        models and scripts."""
+        python = self.details.get("python")
+        if self.details.get("kind") not in ("function", "cell") or not python:
+            return None
+        return ".".join(str(python).split(".")[:2])
+
+    @property
+    def bundle_files(self) -> list[str]:
+        """The top-level entries of the job's bundle (folders end in ``/``), for plans made
+        before the bundle exists: ``details["bundle_files"]``, else a model bundle's."""
+        return list(self.details.get("bundle_files") or BUNDLE_FILES)
+
 
 @dataclass(frozen=True)
 class Submission:
@@ -92,6 +131,24 @@ class RemoteStatus:
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL
+
+    def record(self) -> dict[str, Any]:
+        """As kept in a job directory's record (``JobDir.final_status``), message redacted."""
+        record = dict(self.__dict__)
+        if record.get("message"):
+            record["message"] = redact(record["message"])
+        return record
+
+    @classmethod
+    def from_record(cls, record: Any) -> RemoteStatus | None:
+        if not isinstance(record, Mapping) or "state" not in record:
+            return None
+        return cls(
+            str(record["state"]),
+            record.get("exit_code"),
+            record.get("message"),
+            bool(record.get("timed_out")),
+        )
 
 
 @dataclass(frozen=True)
@@ -112,31 +169,28 @@ class ResourceSpec:
     region: str | None = None
     gpu_ids: str | None = None  # local: CUDA_VISIBLE_DEVICES
     timeout_seconds: float | None = None
+    # data-parallel layout: machines × processes on each (torchrun); 1 × 1 is one process
+    nodes: int = 1
+    procs_per_node: int = 1
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def validated(self) -> ResourceSpec:
-        checks: list[tuple[str, Any, float, bool]] = [
-            ("--gpus", self.gpus, 0, True),
-            ("--cpus", self.cpus, 1, True),
-            ("--memory-gb", self.memory_gb, 0.1, False),
-            ("--disk-gb", self.disk_gb, 1, False),
-            ("--max-hours", self.max_runtime_hours, 0.001, False),
-            ("--timeout", self.timeout_seconds, 0.001, False),
-        ]
-        for name, value, low, integral in checks:
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigurationError(f"{name} must be a number, got {value!r}")
-            if integral and not float(value).is_integer():
-                raise ConfigurationError(f"{name} must be a whole number, got {value!r}")
-            if value < low:
-                raise ConfigurationError(f"{name} must be at least {low:g}, got {value!r}")
-        if self.max_runtime_hours is not None and self.max_runtime_hours > 24 * 28:
-            raise ConfigurationError(
-                f"--max-hours {self.max_runtime_hours:g} is more than 28 days; platforms "
-                "cap runs well below that"
+        from neural_jupyter import validation as v
+
+        v.integer("--gpus", self.gpus, 0, v.MAX_GPUS)
+        v.integer("--nodes", self.nodes, 1, v.MAX_NODES)
+        v.integer("--procs-per-node", self.procs_per_node, 1, v.MAX_PROCS_PER_NODE)
+        v.optional_integer("--cpus", self.cpus, 1, 4096)
+        if self.memory_gb is not None:
+            v.number("--memory-gb", self.memory_gb, 0.1, 1e6)
+        if self.disk_gb is not None:
+            v.number("--disk-gb", self.disk_gb, 1, 1e6)
+        if self.max_runtime_hours is not None:
+            v.number(
+                "--max-hours", self.max_runtime_hours, 0.001, 24 * 28, unit=" (28 days at most)"
             )
+        v.seconds("--timeout", self.timeout_seconds)
+        v.platform_options(self.extra)
         for name, value in (
             ("--instance", self.instance_type),
             ("--region", self.region),
@@ -147,6 +201,11 @@ class ResourceSpec:
             ):
                 raise ConfigurationError(f"{name} must be a name without spaces, got {value!r}")
         return self
+
+    @property
+    def world_size(self) -> int:
+        """How many training processes in all (``nodes × procs_per_node``)."""
+        return self.nodes * self.procs_per_node
 
     @property
     def max_seconds(self) -> float | None:
@@ -162,15 +221,37 @@ class ResourceSpec:
         return min(limits) if limits else None
 
     def public(self) -> dict[str, Any]:
-        """A JSON-friendly copy for the job store and dry runs: secret options are masked
-        (and registered, so every later redaction masks their values too)."""
-        data = {k: v for k, v in self.__dict__.items() if k != "extra" and v not in (None, {})}
+        """A JSON-friendly copy for the job store and dry runs: secret options are masked, and
+        so is any secret inside another option's value (a setup command's ``TOKEN=...``, a URL's
+        password), by name, pattern and value; all of them are registered, so every later
+        redaction masks their values too (printed on their own by the job, say)."""
+        data = {
+            k: v
+            for k, v in self.__dict__.items()
+            if k != "extra" and v not in (None, {}) and not (k in _ONE_BY_DEFAULT and v == 1)
+        }
         for key, value in self.extra.items():
-            if is_secret_option(key):
+            if is_secret_option(key) and value not in (None, "", True, False):
                 register_secret(str(value))
                 value = MASK
+            elif isinstance(value, str):
+                harvest(value)
+                value = redact(value)
             data[f"extra.{key}"] = value
         return data
+
+
+def _no_platforms(min_nodes: int) -> list[str]:
+    return []
+
+
+# The platforms that launch torchrun on at least N machines, for refusals' hints: the registry
+# (backends/__init__.py), which knows every platform, sets it when it loads.
+data_parallel_platforms: Callable[[int], list[str]] = _no_platforms
+
+# left out of public() at their default, so the idempotency keys of jobs submitted before
+# they existed stay the same
+_ONE_BY_DEFAULT = ("nodes", "procs_per_node")
 
 
 def is_secret_option(name: str) -> bool:
@@ -183,42 +264,100 @@ def is_secret_option(name: str) -> bool:
 SECRET_WORDS = ("password", "passphrase", "secret", "token", "api_key", "apikey", "credential")
 
 
-@dataclass(frozen=True)
-class CostEstimate:
-    """What a job may cost at most (its budget) and per hour; prices from ``pricing.json``."""
-
-    platform: str
-    instance_type: str
-    hourly_usd: float
-    hours: float
-    spot: bool = False
-    currency: str = "USD"
-    source: str = ""
-    date: str = ""
-    note: str = ""
-
-    @property
-    def total_usd(self) -> float:
-        return self.hourly_usd * self.hours
-
-    def __str__(self) -> str:
-        kind = " (spot)" if self.spot else ""
-        return (
-            f"{self.instance_type}{kind} on {self.platform}: ${self.hourly_usd:.3f}/h × "
-            f"{self.hours:g} h ≤ ${self.total_usd:.2f}"
-            + (f" (prices of {self.date})" if self.date else "")
-        )
-
-
 StreamItem = Event | LogLine | None  # None: a heartbeat while nothing new arrived
 
 
+def name_for(
+    key: str,
+    limit: int,
+    *,
+    prefix: str = "nj-",
+    allowed: str = "a-z0-9-",
+    lower: bool = True,
+    exact: bool = False,
+) -> str:
+    """A platform-valid name derived from an idempotency key (same key, same name): the key
+    with other characters than ``allowed`` as dashes, at most ``limit`` long; when cut (or,
+    with ``exact``, changed at all) it ends in a digest of the key, so names never collide."""
+    slug = re.sub(f"[^{allowed}]+", "-", key.lower() if lower else key).strip("-")
+    name = prefix + slug
+    if len(name) <= limit and not (exact and slug != key):
+        return name
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return f"{name[: limit - len(digest) - 1].rstrip('-')}-{digest}"
+
+
+def status_event(message: str, **fields: Any) -> Event:
+    """A ``status`` event (the monitor's status line) with optional extra fields."""
+    return Event(
+        "status", {"message": message, **{k: v for k, v in fields.items() if v is not None}}
+    )
+
+
+def heartbeats(seconds: float, step: float = 0.25) -> Iterator[None]:
+    """``None`` every ``step`` seconds for ``seconds`` (a poll wait callers can interrupt)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        yield None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(step, left))
+
+
+_bring_back_locks: dict[str, threading.Lock] = {}
+_bring_back_guard = threading.Lock()
+
+
+def _lock_for(directory: Path) -> threading.Lock:
+    with _bring_back_guard:
+        return _bring_back_locks.setdefault(str(directory.resolve()), threading.Lock())
+
+
 class Backend(abc.ABC):
-    """One place a job can run. Subclasses are registered under ``name``."""
+    """One place a job can run. Subclasses are registered under ``name`` and declare their
+    facts as class attributes, readable without an instance (``backends.backend_class``)."""
 
     name: ClassVar[str]
     label: ClassVar[str] = ""
     extra: ClassVar[str | None] = None  # the pip extra providing its SDK
+    sdk_modules: ClassVar[Mapping[str, str]] = {}  # module imported at first use -> package
+    paid: ClassVar[bool] = False  # bills per job: a submit checks its budget against a price
+    max_parallel: ClassVar[int | None] = None  # jobs it runs at once (None: no known limit)
+    # data-parallel training: the most machines one job may span (0: it does not launch
+    # torchrun, so only 1 × 1); procs_per_node processes run on each
+    max_nodes: ClassVar[int] = 0
+    price_table: ClassVar[str | None] = None  # its name in pricing's prices.json
+    image_option: ClassVar[str] = "image"  # the extra that names another image
+
+    @classmethod
+    def is_paid(cls, resources: ResourceSpec) -> bool:
+        """Whether a job with ``resources`` is billed per job (a price must be known or
+        ``--yes`` given)."""
+        return cls.paid
+
+    @classmethod
+    def sdk(cls, module: str | None = None) -> ModuleType:
+        """The platform's SDK ``module`` (default: the first one), imported at first use;
+        a missing one raises ``MissingDependencyError`` naming the extra to install."""
+        modules = cls.sdk_modules
+        for name in [module] if module else list(modules):
+            try:
+                imported = importlib.import_module(name)
+            except ImportError:
+                package = modules.get(name, name.split(".")[0])
+                raise MissingDependencyError(
+                    package, cls.extra or cls.name, f"The {cls.label or cls.name} backend"
+                ) from None
+            if module:
+                return imported
+        return importlib.import_module(next(iter(modules)))
+
+    @classmethod
+    def require_sdk(cls) -> None:
+        """Raise ``MissingDependencyError`` unless every SDK module is installed."""
+        for name in cls.sdk_modules:
+            cls.sdk(name)
 
     @abc.abstractmethod
     def submit(self, bundle: Bundle, job: RemoteJob, resources: ResourceSpec) -> Submission:
@@ -240,59 +379,102 @@ class Backend(abc.ABC):
     def cancel(self, job: RemoteJob) -> None:
         """Stop the job for good (the whole process tree / the paid instance)."""
 
-    def fetch_after_success(self, job: RemoteJob) -> Iterator[StreamItem]:
-        """Bring a succeeded job's outputs next to its bundle, told as status events."""
-        try:
-            fetched = self.fetch_artifacts(job, job.directory / "bundle" / "output")
-        except NeuralError as exc:
-            yield Event("status", {"message": f"could not download the outputs: {exc.message}"})
-            return
-        if fetched:
-            yield Event("status", {"message": f"downloaded {len(fetched)} output file(s)"})
+    def image_row(self, job: RemoteJob) -> Image:
+        """The row of the platform's image table (``images.table``) a job runs in: the
+        default, or for a function or cell the newest whose Python is the notebook's. A
+        function pickled here loads only under the same Python minor version: with no such
+        image, submitting it is an error now rather than a failed (paid) job later."""
+        rows = table(self.name)
+        python = job.payload_python
+        found = rows.for_python(python) if python else None
+        if found is not None or python is None:
+            return found or rows.default()
+        if job.details.get("kind") == "function":
+            raise ConfigurationError(
+                f"{self.label or self.name}'s prebuilt images run Python "
+                f"{', '.join(rows.pythons)}, this notebook {python}: a function travels "
+                f"pickled and loads only under the Python version that pickled it",
+                hint=f"give an image with Python {python} (--set {self.image_option}=...), "
+                "run the code as a script (run_script / %neural_script), or use a notebook "
+                f"kernel with Python {' or '.join(rows.pythons)}",
+            )
+        return rows.default()
 
     def bring_back_outputs(self, job: RemoteJob) -> Iterator[StreamItem]:
-        """``fetch_after_success`` done once per job (a marker file remembers it), naming
-        what came back — for platforms whose stream may be replayed after the job ended."""
-        marker = job.directory / "artifacts_fetched"
-        if marker.exists() or not job.directory.is_dir():
+        """A finished job's outputs into its bundle's ``output/``, once per job (a marker
+        remembers it), told as a status event. The one way outputs come home: a platform's
+        stream calls it at the end, the jobs layer after the terminal state (then it is a
+        no-op), a rented instance before it goes."""
+        files = job.files
+        if not files.root.is_dir():
             return
-        output = job.directory / "bundle" / "output"
-        try:
-            files = self.fetch_artifacts(job, output)
-        except NeuralError as exc:
-            yield Event("status", {"message": f"could not bring back the outputs: {exc.message}"})
-            return
-        marker.write_text(json.dumps({name: str(path) for name, path in files.items()}))
-        names = ", ".join(sorted(files)) or "none"
-        yield Event("status", {"message": f"outputs brought back to {output}: {names}"})
-
-    @staticmethod
-    def heartbeats(seconds: float, step: float) -> Iterator[None]:
-        """``None`` every ``step`` seconds for ``seconds`` (a poll wait callers can interrupt)."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            yield None
-            time.sleep(min(step, max(0.0, deadline - time.monotonic())))
+        with _lock_for(files.root):
+            if files.outputs_fetched.exists():
+                return
+            try:
+                found = self.fetch_artifacts(job, files.output)
+            except NeuralError as exc:
+                message = f"could not bring back the outputs: {exc.message}"
+            else:
+                files.write_json(files.outputs_fetched, {k: str(v) for k, v in found.items()})
+                message = f"outputs brought back to {files.output}: " + (
+                    ", ".join(sorted(found)) or "none"
+                )
+        yield status_event(message)
 
     def fetch_artifacts(self, job: RemoteJob, destination: Path) -> dict[str, Path]:
-        """Copy the job's output files under ``destination``; name -> local path."""
+        """Copy the job's output files under ``destination``; artifact name -> local path."""
         return {}
+
+    def check_layout(self, resources: ResourceSpec, framework: str | None = None) -> None:
+        """Refuse (``ConfigurationError``) a ``nodes × procs_per_node`` layout this platform
+        or the framework cannot run, before anything starts."""
+        if resources.world_size == 1:
+            return
+        layout = f"--nodes {resources.nodes} × --procs-per-node {resources.procs_per_node}"
+        if framework not in (None, "pytorch"):
+            raise ConfigurationError(
+                f"{layout}: data-parallel training is for the pytorch framework; "
+                f"a {framework} model trains as one process",
+                hint="compile with --framework pytorch, or drop --nodes/--procs-per-node",
+            )
+        if self.max_nodes == 0:
+            raise ConfigurationError(
+                f"{layout}: the {self.name} platform does not launch data-parallel "
+                "training (torchrun) yet",
+                hint="run it as one process, or on a platform that does ("
+                + ", ".join(data_parallel_platforms(1))
+                + "; see docs/distributed.md)",
+            )
+        if resources.nodes > self.max_nodes:
+            raise ConfigurationError(
+                f"--nodes {resources.nodes}: the {self.name} platform runs a job on at most "
+                f"{self.max_nodes} machine(s)",
+                hint="--procs-per-node sets the processes on each machine; several machines: "
+                + ", ".join(data_parallel_platforms(2))
+                + " (docs/distributed.md)",
+            )
+
+    def capacity(self, resources: ResourceSpec) -> int | None:
+        """How many jobs with ``resources`` it runs at once (None: no known limit); a sweep
+        runs at most this many trials at a time. A platform that can ask (a Ray cluster's
+        resources) overrides it; the default is the declared ``max_parallel``."""
+        return self.max_parallel
 
     def estimate_cost(self, resources: ResourceSpec) -> CostEstimate | None:
         """The most ``resources`` may cost (its budget), or None where it costs nothing extra."""
-        from neural_jupyter.pricing import estimate
-
-        if not resources.instance_type:
+        if not self.price_table or not resources.instance_type:
             return None
         hours = resources.max_runtime_hours or 1.0
         try:
-            return estimate(self.name, resources.instance_type, hours, spot=resources.spot)
+            cost = estimate(self.price_table, resources.instance_type, hours, spot=resources.spot)
         except ConfigurationError:
             return None  # no list price known; submit() then asks for an explicit --yes
+        return cost.times(resources.nodes)  # each node one machine of that type
 
     def plan(self, job: RemoteJob, resources: ResourceSpec) -> dict[str, Any]:
         """The request ``submit`` would send, for ``--dry-run`` (nothing is sent)."""
-        return {"backend": self.name, "job": job.id, "resources": resources.public()}
+        return {"platform": self.name, "job": job.id, "resources": resources.public()}
 
     def check_credentials(self) -> None:
         """Raise ``PlatformAuthError`` if the platform's credential chain is unusable."""

@@ -1,12 +1,14 @@
 """Databricks one-time job runs (``pip install "neural-jupyter[databricks]"``).
 
-A submit uploads the bundle (``bundle.tar.gz``) and a small launcher (``launch.py``) to
+A submit uploads the bundle (``bundle.tar.gz``) and its launcher (``launch.py``, a copy of
+``runtime/launcher.py``) to
 ``STAGING/KEY/`` (``--set staging_path=``: a Unity Catalog volume ``/Volumes/CAT/SCHEMA/VOL/...``
 or DBFS ``dbfs:/...``; default ``dbfs:/neural-jupyter``), then starts one run with
 ``jobs/runs/submit``: a ``spark_python_task`` running the launcher, which unpacks the bundle
 on the driver, runs ``python train.py`` and copies ``output/`` to ``STAGING/KEY/output/``.
 The run uses a new single-node job cluster (``--instance`` → ``node_type_id``,
-``--set spark_version=``, ML runtime by default) or an existing cluster
+``--set spark_version=``, by default the newest ML runtime of ``image_tables/databricks.json``)
+or an existing cluster
 (``--set cluster_id=``). ``idempotency_token`` is the job's idempotency key, so a retried
 or repeated submit returns the run already started instead of a second one.
 
@@ -40,41 +42,22 @@ import io
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
-from neural_jupyter.backends.base import (
-    CANCELLED,
-    FAILED,
-    PENDING,
-    RUNNING,
-    SUCCEEDED,
-    UNKNOWN,
-    Backend,
-    CostEstimate,
-    RemoteJob,
-    RemoteStatus,
-    ResourceSpec,
-    StreamItem,
-    Submission,
-)
-from neural_jupyter.backends.retry import call_with_retries
-from neural_jupyter.errors import (
-    ConfigurationError,
-    MissingDependencyError,
-    NeuralError,
-    PlatformAuthError,
-    PlatformConnectionError,
-    PlatformError,
-    QuotaError,
-)
+from neural_jupyter.backends import base, retry
+from neural_jupyter.backends.base import State
+from neural_jupyter.backends.images import Image, table
+from neural_jupyter.backends.log_mirror import LogMirror
+from neural_jupyter.backends.remote import LogReader, Look, RemotePlatform, StateTable
+from neural_jupyter.errors import ConfigurationError, NeuralError, PlatformAuthError, PlatformError
+from neural_jupyter.pricing import estimate, instance_types, lookup
 from neural_jupyter.redaction import redact, register_secret
-from neural_jupyter.runtime.bundle import Bundle
-from neural_jupyter.runtime.events import Event, LogLine, parse_line
-
-T = TypeVar("T")
+from neural_jupyter.runtime.bundle import Bundle, launcher_source
+from neural_jupyter.runtime.events import parse_line
+from neural_jupyter.runtime.jobdir import artifact_name, output_target
 
 PLATFORM = "databricks"
 PREFIX = "neural-jupyter"
@@ -84,50 +67,92 @@ ENV_STAGING = "NEURAL_JUPYTER_DATABRICKS_STAGING"
 # How long the SDK itself retries throttling (429), 503 and dropped connections per call.
 SDK_RETRY_SECONDS = 30
 DEFAULT_MAX_HOURS = 24  # the run's time limit when neither --max-hours nor --timeout is given
-# Default single-node GPU machines per cloud, and the ML runtime (it has PyTorch).
+# Default single-node GPU machines per cloud; the ML runtime (it has PyTorch) from the table.
 DEFAULT_NODE = {"aws": "g4dn.xlarge", "azure": "Standard_NC4as_T4_v3", "gcp": "g2-standard-4"}
-GPU_RUNTIME = "15.4.x-gpu-ml-scala2.12"
-CPU_RUNTIME = "15.4.x-cpu-ml-scala2.12"
+RUNTIME = table(PLATFORM).default()
+GPU_RUNTIME, CPU_RUNTIME = RUNTIME["gpu"], RUNTIME["cpu"]
 GPU_NODE = re.compile(r"^(g\d|p\d|Standard_N|a2-|a3-)", re.IGNORECASE)
+MIN_EBS_GB = 100  # general-purpose SSD volumes: 100-4096 GB
+# Spot clusters: nodes kept on demand. Azure needs at least 1 (the driver).
+FIRST_ON_DEMAND = {"aws": 0, "azure": 1}
 
-LIFE_CYCLE: dict[str, str] = {
-    "QUEUED": PENDING,
-    "PENDING": PENDING,
-    "BLOCKED": PENDING,
-    "WAITING_FOR_RETRY": PENDING,
-    "RUNNING": RUNNING,
-    "TERMINATING": RUNNING,  # unless a result_state is already known
-    "TERMINATED": UNKNOWN,  # decided by result_state
-    "SKIPPED": FAILED,
-    "INTERNAL_ERROR": FAILED,
-}
-RESULTS: dict[str, str] = {
-    "SUCCESS": SUCCEEDED,
-    "SUCCESS_WITH_FAILURES": SUCCEEDED,
-    "FAILED": FAILED,
-    "UPSTREAM_FAILED": FAILED,
-    "MAXIMUM_CONCURRENT_RUNS_REACHED": FAILED,
-    "EXCLUDED": FAILED,
-    "DISABLED": FAILED,
-    "TIMEDOUT": FAILED,
-    "CANCELED": CANCELLED,
-    "UPSTREAM_CANCELED": CANCELLED,
-}
+LIFE_CYCLE = StateTable(
+    {
+        "QUEUED": State.PENDING,
+        "PENDING": State.PENDING,
+        "BLOCKED": State.PENDING,
+        "WAITING_FOR_RETRY": State.PENDING,
+        "RUNNING": State.RUNNING,
+        "TERMINATING": State.RUNNING,  # unless a result_state is already known
+        "TERMINATED": State.UNKNOWN,  # decided by result_state
+        "SKIPPED": State.FAILED,
+        "INTERNAL_ERROR": State.FAILED,
+    }
+)
+RESULTS = StateTable(
+    {
+        "SUCCESS": State.SUCCEEDED,
+        "SUCCESS_WITH_FAILURES": State.SUCCEEDED,
+        "FAILED": State.FAILED,
+        "UPSTREAM_FAILED": State.FAILED,
+        "MAXIMUM_CONCURRENT_RUNS_REACHED": State.FAILED,
+        "EXCLUDED": State.FAILED,
+        "DISABLED": State.FAILED,
+        "TIMEDOUT": State.FAILED,
+        "CANCELED": State.CANCELLED,
+        "UPSTREAM_CANCELED": State.CANCELLED,
+    }
+)
 OUTPUT_STATES = frozenset({"RUNNING", "TERMINATING", "TERMINATED", "INTERNAL_ERROR"})
 
 
-def remote_status(life_cycle: str, result: str | None = None, message: str = "") -> RemoteStatus:
+def read_databricks(exc: BaseException) -> retry.Failure:
+    """The SDK's error (or, when it gave up retrying, what it last saw)."""
+    cause = exc.__cause__
+    if isinstance(exc, (TimeoutError, RuntimeError)) and cause is not None:
+        names = {c.__name__ for c in type(cause).__mro__}
+        if names & {"DatabricksError", "RequestException"}:
+            exc = cause
+    code = str(getattr(exc, "error_code", None) or "")
+    return retry.Failure(exc, None, code, redact(str(exc).strip() or type(exc).__name__))
+
+
+FAULTS = retry.FaultPolicy(
+    PLATFORM,
+    "the workspace",
+    read=read_databricks,
+    auth_hint="check the token (DATABRICKS_TOKEN or the profile) and that you may create job "
+    "runs, create clusters (or attach to --set cluster_id) and write to the staging path",
+    rules=(
+        retry.Rule(retry.AUTH, types=("Unauthenticated", "PermissionDenied")),
+        retry.Rule(retry.QUOTA, types=("TooManyRequests",)),
+        retry.Rule(retry.QUOTA, words=("quota",)),
+        retry.Rule(types=("DataLoss",)),
+        # the SDK retries 429, 503 and dropped connections itself; these are ours to retry
+        retry.Rule(retry.UNAVAILABLE, types=("InternalError", "DeadlineExceeded"), retry=True),
+        retry.Rule(
+            retry.UNAVAILABLE, exact_types=("DatabricksError",), retry=True
+        ),  # e.g. a gateway's 502
+        retry.Rule(retry.UNAVAILABLE, types=("TemporarilyUnavailable",)),
+        retry.Rule(retry.UNAVAILABLE, types=("ConnectionError", "Timeout", "TimeoutError")),
+    ),
+)
+
+
+def remote_status(
+    life_cycle: str, result: str | None = None, message: str = ""
+) -> base.RemoteStatus:
     """A run's ``life_cycle_state``/``result_state`` → a ``RemoteStatus`` (module table)."""
     message = redact(message) if message else ""
     if result and life_cycle in ("TERMINATED", "TERMINATING"):
-        state = RESULTS.get(result, FAILED)
+        state = RESULTS.state(result) if result in RESULTS else State.FAILED
     else:
-        state = LIFE_CYCLE.get(life_cycle, UNKNOWN)
-    if state == SUCCEEDED:
-        return RemoteStatus(SUCCEEDED, 0, message or None)
-    if state == CANCELLED:
-        return RemoteStatus(CANCELLED, None, message or "cancelled")
-    if state == FAILED:
+        state = LIFE_CYCLE.state(life_cycle)
+    if state == State.SUCCEEDED:
+        return base.RemoteStatus(State.SUCCEEDED, 0, message or None)
+    if state == State.CANCELLED:
+        return base.RemoteStatus(State.CANCELLED, None, message or "cancelled")
+    if state == State.FAILED:
         timed_out = result == "TIMEDOUT"
         default = {
             "SKIPPED": "the run was skipped",
@@ -135,8 +160,8 @@ def remote_status(life_cycle: str, result: str | None = None, message: str = "")
         }.get(life_cycle, f"the run ended {(result or life_cycle).lower()}")
         if timed_out:
             default = "stopped at its time limit"
-        return RemoteStatus(FAILED, None, message or default, timed_out)
-    return RemoteStatus(state, None, message or None)
+        return base.RemoteStatus(State.FAILED, None, message or default, timed_out)
+    return base.RemoteStatus(state, None, message or None)
 
 
 def token_for(key: str) -> str:
@@ -173,22 +198,28 @@ class Place:
         return cls(details["base"], details.get("host"), details.get("profile"))
 
 
-class DatabricksBackend(Backend):
+class DatabricksBackend(RemotePlatform):
     """One-time job runs on a Databricks workspace."""
 
     name = "databricks"
     label = "Databricks"
+    image_option = "spark_version"
     extra = "databricks"
+    sdk_modules: ClassVar[Mapping[str, str]] = {"databricks.sdk": "databricks-sdk"}
+    paid = True
+    price_table = PLATFORM
+    faults = FAULTS
 
-    POLL_SECONDS: ClassVar[float] = 10.0
-    HEARTBEAT_SECONDS: ClassVar[float] = 0.25
+    @classmethod
+    def is_paid(cls, resources: base.ResourceSpec) -> bool:
+        return not resources.extra.get("cluster_id")  # an existing cluster bills anyway
 
     def __init__(self) -> None:
         self._clients: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
 
     # --- configuration ----------------------------------------------------------------------
-    def place(self, job: RemoteJob, resources: ResourceSpec) -> Place:
+    def place(self, job: base.RemoteJob, resources: base.ResourceSpec) -> Place:
         extra = resources.extra
         staging = str(extra.get("staging_path") or os.environ.get(ENV_STAGING) or DEFAULT_STAGING)
         staging = staging.rstrip("/")
@@ -205,8 +236,8 @@ class DatabricksBackend(Backend):
 
     def run_request(
         self,
-        job: RemoteJob,
-        resources: ResourceSpec,
+        job: base.RemoteJob,
+        resources: base.ResourceSpec,
         place: Place,
         *,
         cloud: str = "aws",
@@ -219,15 +250,22 @@ class DatabricksBackend(Backend):
             "spark_python_task": {
                 "python_file": place.path("launch.py"),
                 "parameters": [
+                    "--bundle",
                     fuse_path(place.path("bundle.tar.gz")),
+                    "--outputs",
                     fuse_path(place.path("output")),
+                    "--install-missing",
+                    "--budget-margin",
                 ],
             },
         }
         if extra.get("cluster_id"):
             task["existing_cluster_id"] = str(extra["cluster_id"])
         else:
-            task["new_cluster"] = self.cluster_spec(resources, cloud=cloud, user=user)
+            runtime = RUNTIME if extra.get("spark_version") else self.image_row(job)
+            task["new_cluster"] = self.cluster_spec(
+                resources, cloud=cloud, user=user, runtime=runtime
+            )
         body: dict[str, Any] = {
             "run_name": f"{PREFIX}-{job.idempotency_key}",
             "idempotency_token": token_for(job.idempotency_key),
@@ -238,14 +276,20 @@ class DatabricksBackend(Backend):
         return body
 
     def cluster_spec(
-        self, resources: ResourceSpec, *, cloud: str = "aws", user: str | None = None
+        self,
+        resources: base.ResourceSpec,
+        *,
+        cloud: str = "aws",
+        user: str | None = None,
+        runtime: Image = RUNTIME,
     ) -> dict[str, Any]:
-        """A single-node job cluster (driver only) on ``--instance``."""
+        """A single-node job cluster (driver only) on ``--instance``, on ``runtime`` (a row
+        of the runtime table) unless ``--set spark_version=`` names one."""
         extra = resources.extra
         node = resources.instance_type or DEFAULT_NODE.get(cloud, DEFAULT_NODE["aws"])
         gpu = bool(resources.gpus or resources.gpu_type or GPU_NODE.match(node))
         spec: dict[str, Any] = {
-            "spark_version": extra.get("spark_version") or (GPU_RUNTIME if gpu else CPU_RUNTIME),
+            "spark_version": extra.get("spark_version") or runtime["gpu" if gpu else "cpu"],
             "node_type_id": node,
             "driver_node_type_id": node,
             "num_workers": 0,
@@ -261,6 +305,11 @@ class DatabricksBackend(Backend):
         if extra.get("policy_id"):
             spec["policy_id"] = extra["policy_id"]
         if resources.disk_gb and cloud == "aws":
+            if resources.disk_gb < MIN_EBS_GB:
+                raise ConfigurationError(
+                    f"--disk-gb {resources.disk_gb:g}: Databricks' general-purpose EBS volumes "
+                    f"hold {MIN_EBS_GB} GB at least"
+                )
             spec["aws_attributes"] = {
                 "ebs_volume_type": "GENERAL_PURPOSE_SSD",
                 "ebs_volume_count": 1,
@@ -277,23 +326,12 @@ class DatabricksBackend(Backend):
             }[cloud]
             attributes = spec.setdefault(spot[0], {})
             attributes.update(spot[1])
-            if cloud != "gcp":
-                attributes["first_on_demand"] = 0  # the driver is the only node
+            if cloud in FIRST_ON_DEMAND:
+                attributes["first_on_demand"] = FIRST_ON_DEMAND[cloud]
         return spec
 
-    # --- SDK access -------------------------------------------------------------------------
-    @staticmethod
-    def _sdk() -> Any:
-        try:
-            import databricks.sdk
-        except ImportError:
-            raise MissingDependencyError(
-                "databricks-sdk", "databricks", "The Databricks backend"
-            ) from None
-        return databricks.sdk
-
     def _client(self, place: Place) -> Any:
-        sdk = self._sdk()
+        sdk = self.sdk()
         key = (
             place.host or os.environ.get("DATABRICKS_HOST"),
             place.profile or os.environ.get("DATABRICKS_CONFIG_PROFILE"),
@@ -325,19 +363,11 @@ class DatabricksBackend(Backend):
             self._clients[key] = client
         return client
 
-    def _call(self, action: str, func: Callable[[], T]) -> T:
-        try:
-            return call_with_retries(func, _is_transient)
-        except NeuralError:
-            raise
-        except Exception as exc:
-            raise _translate(exc, action) from None
-
     # --- contract ---------------------------------------------------------------------------
     def check_credentials(self) -> None:
         """The SDK's credential chain must resolve (``--set profile=`` may name another
         profile at submit time, so only a workspace without any configuration fails here)."""
-        self._sdk()
+        self.sdk()
         from databricks.sdk.core import Config
 
         try:
@@ -354,7 +384,7 @@ class DatabricksBackend(Backend):
                 hint="set DATABRICKS_HOST and DATABRICKS_TOKEN, or run `databricks auth login`",
             ) from None
 
-    def plan(self, job: RemoteJob, resources: ResourceSpec) -> dict[str, Any]:
+    def plan(self, job: base.RemoteJob, resources: base.ResourceSpec) -> dict[str, Any]:
         place = self.place(job, resources)
         return {
             "backend": self.name,
@@ -363,12 +393,10 @@ class DatabricksBackend(Backend):
             "resources": resources.public(),
         }
 
-    def estimate_cost(self, resources: ResourceSpec) -> CostEstimate | None:
+    def estimate_cost(self, resources: base.ResourceSpec) -> base.CostEstimate | None:
         """The cloud VM's list price × the run's time limit (``--max-hours``, default 24 h;
         Databricks' DBUs come on top); None on an existing cluster, which is billed whether
         or not this job runs on it."""
-        from neural_jupyter.pricing import estimate, offers
-
         if resources.extra.get("cluster_id"):
             return None
         host = resources.extra.get("host") or os.environ.get("DATABRICKS_HOST")
@@ -376,29 +404,30 @@ class DatabricksBackend(Backend):
         hours = (resources.max_seconds or DEFAULT_MAX_HOURS * 3600) / 3600  # the run's limit
         given = resources.extra.get("hourly_usd")
         if given is not None:
-            return CostEstimate(
+            return base.CostEstimate(
                 self.name, node, float(given), hours, resources.spot, source="--set"
             )
-        known = sorted(o.instance_type for o in offers() if o.platform == self.name)
-        if node in known:
+        if lookup(self.name, node) is not None:
             return estimate(self.name, node, hours, spot=resources.spot)
         if not resources.instance_type:
             return None  # this cloud's default node type is not in the price table
         raise ConfigurationError(
             f"no price known for node type {node} on Databricks",
             hint="known: "
-            + ", ".join(known)
+            + ", ".join(o.instance_type for o in instance_types(self.name))
             + "; or give the VM's price plus DBUs with --set hourly_usd=PRICE",
         )
 
-    def submit(self, bundle: Bundle, job: RemoteJob, resources: ResourceSpec) -> Submission:
+    def submit(
+        self, bundle: Bundle, job: base.RemoteJob, resources: base.ResourceSpec
+    ) -> base.Submission:
         place = self.place(job, resources)
         client = self._client(place)
         self.upload(client, place, "bundle.tar.gz", bundle.archive(compresslevel=1))
-        self.upload(client, place, "launch.py", LAUNCHER.encode())
+        self.upload(client, place, "launch.py", launcher_source().encode())
         user = None
         if not resources.extra.get("cluster_id"):
-            me = self._call("reading the current user", lambda: client.current_user.me())
+            me = self.call("reading the current user", lambda: client.current_user.me())
             user = me.user_name
         body = self.run_request(
             job, resources, place, cloud=cloud_of(client.config.host), user=user
@@ -408,58 +437,57 @@ class DatabricksBackend(Backend):
 
         tasks = [SubmitTask.from_dict(task) for task in body["tasks"]]
         settings = {k: v for k, v in body.items() if k != "tasks"}
-
-        def start() -> int:
-            # The same idempotency token on every try: Databricks returns the run it
-            # already started instead of starting another.
-            return int(client.jobs.submit(tasks=tasks, **settings).run_id)
-
-        run_id = self._call("starting the Databricks run", start)
+        # The same idempotency token on every try: Databricks returns the run it already
+        # started instead of starting another.
+        run_id = self.call(
+            "starting the Databricks run",
+            lambda: int(client.jobs.submit(tasks=tasks, **settings).run_id),
+        )
         details = {**place.details(), "host": client.config.host, "run_id": run_id}
         with contextlib.suppress(NeuralError):
             run = self._get_run(client, run_id)
             if run.run_page_url:
                 details["run_page_url"] = run.run_page_url
-        return Submission(str(run_id), details)
+        return base.Submission(str(run_id), details)
 
     def upload(self, client: Any, place: Place, name: str, data: bytes) -> str:
         path = place.path(name)
-        self._call(
+        self.call(
             f"uploading {name} to {place.base}",
             lambda: client.dbfs.upload(path, io.BytesIO(data), overwrite=True),
         )
         return path
 
     def _get_run(self, client: Any, run_id: int) -> Any:
-        return self._call("reading the Databricks run", lambda: client.jobs.get_run(run_id))
+        return self.call("reading the Databricks run", lambda: client.jobs.get_run(run_id))
 
-    def describe(self, job: RemoteJob) -> tuple[str, RemoteStatus, Any]:
+    def look(self, job: base.RemoteJob) -> Look:
         """The run's state in Databricks' words, what it maps to, and the run itself."""
         if not job.remote_id:
-            return "UNKNOWN", RemoteStatus(UNKNOWN, message="never submitted"), None
-        place = Place.from_details(job.details)
-        client = self._client(place)
+            return Look(
+                base.RemoteStatus(State.UNKNOWN, message="never submitted"), "UNKNOWN", gone=True
+            )
+        client = self._client(Place.from_details(job.details))
         run = self._get_run(client, int(job.remote_id))
         state = run.state
         life = _name(state.life_cycle_state) if state else "PENDING"
         result = _name(state.result_state) if state and state.result_state else None
-        message = (state.state_message if state else "") or ""
-        status = remote_status(life, result, message)
-        if status.state == FAILED and not status.timed_out:
+        status = remote_status(life, result, (state.state_message if state else "") or "")
+        if status.state == State.FAILED and not status.timed_out:
             output = self._output(client, run, quiet=True)
             if output is not None and output.error:
-                status = RemoteStatus(FAILED, None, redact(output.error), False)
+                status = base.RemoteStatus(State.FAILED, None, redact(output.error), False)
         words = f"{life} {result}" if result else life
-        return words, status, run
+        text = f"Databricks run {words.lower().replace('_', ' ')}"
+        if status.message and not status.is_terminal:
+            text += f": {status.message}"
+        return Look(status, words, text, raw=run)
 
-    def status(self, job: RemoteJob) -> RemoteStatus:
-        return self.describe(job)[1]
-
-    def cancel(self, job: RemoteJob) -> None:
+    def cancel(self, job: base.RemoteJob) -> None:
         if not job.remote_id:
             return
         client = self._client(Place.from_details(job.details))
-        self._call(
+        self.call(
             "cancelling the Databricks run", lambda: client.jobs.cancel_run(int(job.remote_id))
         )
 
@@ -467,7 +495,7 @@ class DatabricksBackend(Backend):
         """``runs/get-output`` of the run's task (a multi-task run has none of its own)."""
         task_run = next((t.run_id for t in run.tasks or [] if t.run_id), run.run_id)
         try:
-            return self._call(
+            return self.call(
                 "reading the run's output", lambda: client.jobs.get_run_output(task_run)
             )
         except PlatformError:
@@ -475,41 +503,11 @@ class DatabricksBackend(Backend):
                 return None
             raise
 
-    def events(self, job: RemoteJob, *, follow: bool = True) -> Iterator[StreamItem]:
-        place = Place.from_details(job.details)
-        client = self._client(place)
-        logs = _RunLogs(job.directory)
-        note = (
-            "Databricks returns a run's output through jobs/runs/get-output (stdout and "
-            f"stderr together, the last 5 MB); it is read every {self.POLL_SECONDS:g} s"
-        )
-        if job.details.get("run_page_url"):
-            note += f"; run page: {job.details['run_page_url']}"
-        yield Event("status", {"message": note})
-        seen = None
-        while True:
-            words, status, run = self.describe(job)
-            if words != seen:
-                seen = words
-                text = f"Databricks run {words.lower().replace('_', ' ')}"
-                if status.message and not status.is_terminal:
-                    text += f": {status.message}"
-                yield Event("status", {"message": text})
-            life = words.split()[0]
-            if run is not None and life in OUTPUT_STATES:
-                output = self._output(client, run, quiet=not status.is_terminal)
-                if output is not None:
-                    yield from logs.update(output)
-            if status.is_terminal or not follow:
-                yield from logs.finish()
-                if status.state == SUCCEEDED:
-                    yield from self.fetch_after_success(job)
-                return
-            yield from self.heartbeats(self.POLL_SECONDS, self.HEARTBEAT_SECONDS)
+    def log_reader(self, job: base.RemoteJob) -> LogReader:
+        return _RunReader(self, job)
 
-    def fetch_artifacts(self, job: RemoteJob, destination: Path) -> dict[str, Path]:
-        """Every file under ``STAGING/KEY/output/`` → ``destination`` (the bundle's
-        ``output/`` directory by default)."""
+    def fetch_artifacts(self, job: base.RemoteJob, destination: Path) -> dict[str, Path]:
+        """Every file under ``STAGING/KEY/output/`` → ``destination``."""
         place = Place.from_details(job.details)
         client = self._client(place)
         root = place.path("output")
@@ -523,59 +521,83 @@ class DatabricksBackend(Backend):
             except NotFound:  # the run wrote no outputs
                 return []
 
-        files = self._call("listing the run's outputs", listing)
+        files = self.call("listing the run's outputs", listing)
         found: dict[str, Path] = {}
         for info in files:
             path = str(PurePosixPath(str(info.path).removeprefix("dbfs:")))
             relative = path[len(prefix) :] if path.startswith(prefix) else PurePosixPath(path).name
-            if not relative or ".." in PurePosixPath(relative).parts:
+            target = output_target(destination, relative)
+            if target is None:
                 continue
-            target = destination / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            data = self._call(f"downloading {relative}", lambda path=path: _read_all(client, path))
+            data = self.call(f"downloading {relative}", lambda path=path: _read_all(client, path))
             target.write_bytes(data)
-            found[ARTIFACT_NAMES.get(relative, relative)] = target
+            found[artifact_name(relative)] = target
         return found
-
-
-ARTIFACT_NAMES = {"model.pt": "weights", "history.json": "history", "checkpoint.pt": "checkpoint"}
 
 
 class _RunLogs:
     """The task's ``logs`` text, turned into new lines as it grows (also when Databricks
-    keeps only its last 5 MB), mirrored to the job directory's ``stdout.log``."""
+    keeps only its last 5 MB), kept in the job directory's log mirror."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.mirror = LogMirror(directory, merged=False)
         self.lines: list[str] = []
+        self.count = 0
         self.partial = ""
         self.error_trace: str | None = None
 
-    def update(self, output: Any) -> Iterator[StreamItem]:
+    def _keep(self, line: str, stream: str = "stdout") -> base.StreamItem:
+        self.count += 1
+        self.mirror.add(line, self.count, stream)
+        return parse_line(line, stream)
+
+    def update(self, output: Any) -> Iterator[base.StreamItem]:
         *lines, self.partial = (output.logs or "").split("\n")
         start = len(self.lines)
         if output.logs_truncated and self.lines:
             start = _overlap(self.lines, lines)
         new = lines[start:]
         self.lines.extend(new)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        text = "".join(f"{line}\n" for line in self.lines) + self.partial
-        (self.directory / "stdout.log").write_text(text)
         for line in new:
-            yield parse_line(line.rstrip("\r"), "stdout")
+            yield self._keep(line.rstrip("\r"))
         if output.error_trace or output.error:
             self.error_trace = output.error_trace or output.error
 
-    def finish(self) -> Iterator[StreamItem]:
+    def finish(self) -> Iterator[base.StreamItem]:
         if self.partial:
-            yield parse_line(self.partial.rstrip("\r"), "stdout")
             self.lines.append(self.partial)
+            yield self._keep(self.partial.rstrip("\r"))
             self.partial = ""
         if self.error_trace:
-            (self.directory / "stderr.log").write_text(self.error_trace.rstrip("\n") + "\n")
-            for line in self.error_trace.splitlines():
-                yield LogLine(line, "stderr")
+            for line in self.error_trace.rstrip("\n").splitlines():
+                yield self._keep(line, "stderr")
             self.error_trace = None
+
+
+class _RunReader(LogReader):
+    """The run's task output (``runs/get-output``), read after every look."""
+
+    def __init__(self, backend: DatabricksBackend, job: base.RemoteJob) -> None:
+        self.backend = backend
+        self.client = backend._client(Place.from_details(job.details))
+        self.logs = _RunLogs(job.directory)
+        self.note = (
+            "Databricks returns a run's output through jobs/runs/get-output (stdout and "
+            f"stderr together, the last 5 MB); it is read every {backend.poll_seconds:g} s"
+        )
+        if job.details.get("run_page_url"):
+            self.note += f"; run page: {job.details['run_page_url']}"
+
+    def read(self, look: Look, follow: bool) -> Iterator[base.StreamItem]:
+        if look.raw is not None and look.state.split()[0] in OUTPUT_STATES:
+            output = self.backend._output(self.client, look.raw, quiet=not look.status.is_terminal)
+            if output is not None:
+                yield from self.logs.update(output)
+
+    def finish(self, look: Look) -> Iterator[base.StreamItem]:
+        return self.logs.finish()
 
 
 def _overlap(seen: list[str], lines: list[str]) -> int:
@@ -611,124 +633,3 @@ def _name(value: Any) -> str:
 
 def _first_line(exc: BaseException) -> str:
     return redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """5xx answers the SDK does not retry itself (it retries 429, 503 and dropped
-    connections for ``SDK_RETRY_SECONDS``): 500, 504, and statuses the SDK has no class for
-    (such as a gateway's 502)."""
-    from databricks.sdk import errors
-
-    if isinstance(exc, errors.DataLoss):
-        return False
-    if isinstance(exc, (errors.InternalError, errors.DeadlineExceeded)):
-        return True
-    return type(exc) is errors.DatabricksError
-
-
-def _translate(exc: BaseException, action: str) -> NeuralError:
-    """An SDK exception → one of ours, with the platform's own message."""
-    import requests
-    from databricks.sdk import errors
-
-    if isinstance(exc, (TimeoutError, RuntimeError)) and isinstance(
-        exc.__cause__, (errors.DatabricksError, requests.RequestException)
-    ):
-        exc = exc.__cause__  # the SDK gave up retrying; report what it last saw
-    message = redact(str(exc).strip() or type(exc).__name__)
-    code = getattr(exc, "error_code", None)
-    response = f"{code}: {message}" if code else None
-    if isinstance(exc, (errors.Unauthenticated, errors.PermissionDenied)):
-        return PlatformAuthError(
-            f"{action} was refused: {message}",
-            platform=PLATFORM,
-            response=response,
-            hint="check the token (DATABRICKS_TOKEN or the profile) and that you may create "
-            "job runs, create clusters (or attach to --set cluster_id) and write to the "
-            "staging path",
-        )
-    if isinstance(exc, errors.TooManyRequests) or "QUOTA" in str(code or "").upper():
-        return QuotaError(f"{action} was refused: {message}", platform=PLATFORM, response=response)
-    if isinstance(
-        exc,
-        (
-            errors.TemporarilyUnavailable,
-            errors.InternalError,
-            errors.DeadlineExceeded,
-            requests.ConnectionError,
-            requests.Timeout,
-            ConnectionError,
-            TimeoutError,
-        ),
-    ):
-        return PlatformConnectionError(
-            f"{action} failed: the workspace is unreachable or unavailable ({message})",
-            platform=PLATFORM,
-            response=response,
-        )
-    return PlatformError(f"{action} failed: {message}", platform=PLATFORM, response=response)
-
-
-# The spark_python_task (``launch.py BUNDLE.tar.gz OUTPUT_DIR``, both paths as the driver
-# sees them: /dbfs/... or /Volumes/...). Standard library only.
-LAUNCHER = r'''"""neural-jupyter launcher for a Databricks run: unpack the bundle, run train.py,
-copy its output/ next to the bundle."""
-import importlib.util, json, os, re, shutil, signal, subprocess, sys, tarfile, tempfile, threading
-
-archive, output_dir = sys.argv[1], sys.argv[2]
-work = tempfile.mkdtemp(prefix="neural-jupyter-")
-bundle = os.path.join(work, "bundle")
-local = os.path.join(work, "bundle.tar.gz")
-shutil.copyfile(archive, local)
-with tarfile.open(local) as tar:
-    if hasattr(tarfile, "data_filter"):
-        tar.extractall(bundle, filter="data")
-    else:
-        tar.extractall(bundle)
-
-missing = []
-for line in open(os.path.join(bundle, "requirements.txt")):
-    line = line.split("#")[0].strip()
-    name = re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0]
-    if name and importlib.util.find_spec(name.replace("-", "_")) is None:
-        missing.append(line)
-if missing:
-    subprocess.call([sys.executable, "-m", "pip", "install", "--quiet", *missing])
-
-# Stop training a little before the run's time limit so that its outputs are still saved.
-job_file = os.path.join(bundle, "job.json")
-settings = json.load(open(job_file))
-if settings.get("max_seconds"):
-    budget = float(settings["max_seconds"])
-    settings["max_seconds"] = budget - min(120.0, budget * 0.1)
-    json.dump(settings, open(job_file, "w"))
-
-child = subprocess.Popen(
-    [sys.executable, "-u", "train.py", "--job", "job.json"],
-    cwd=bundle,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    env=dict(os.environ, PYTHONUNBUFFERED="1"),
-)
-for signum in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(signum, lambda signum, frame: child.send_signal(signum))
-
-def pump(source, echo):
-    for line in iter(source.readline, b""):
-        echo.write(line.decode("utf-8", "replace"))
-        echo.flush()
-
-pumps = [
-    threading.Thread(target=pump, args=(child.stdout, sys.stdout)),
-    threading.Thread(target=pump, args=(child.stderr, sys.stderr)),
-]
-for thread in pumps:
-    thread.start()
-code = child.wait()
-for thread in pumps:
-    thread.join()
-output = os.path.join(bundle, "output")
-if os.path.isdir(output):
-    shutil.copytree(output, output_dir, dirs_exist_ok=True)
-sys.exit(code if code >= 0 else 128 - code)
-'''

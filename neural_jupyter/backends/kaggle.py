@@ -1,9 +1,10 @@
 """Kaggle: the bundle runs as a private script kernel on Kaggle's free GPUs.
 
-``submit`` pushes one Python script (``SaveKernel``, what ``kaggle kernels push`` sends) that
-carries the bundle inside it (a base64 gzipped tar), unpacks it in ``/kaggle/working`` and runs
-``train.py``; its outputs end up in the kernel's ``output/``. Data too big to embed comes from a
-Kaggle dataset holding ``data.npz`` (``--set dataset=owner/slug``), attached to the kernel.
+``submit`` pushes one Python script (``SaveKernel``, what ``kaggle kernels push`` sends): the
+bundle's ``launcher.py`` (``runtime/launcher.py``) with the bundle inside it (a base64 gzipped
+tar); it unpacks it, runs ``train.py`` and copies its outputs to the kernel's ``output/``.
+Data too big to embed comes from a Kaggle dataset holding ``data.npz``
+(``--set dataset=owner/slug``), attached to the kernel.
 
 - Private always (``is_private``), GPU on (``enable_gpu``; ``--set enable_gpu=false`` for CPU),
   internet off unless ``--set internet=true``, ``session_timeout_seconds`` from ``--max-hours``.
@@ -28,124 +29,120 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
+import dataclasses
 import json
 import os
 import queue
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from neural_jupyter.backends.base import (
-    CANCELLED,
-    FAILED,
-    PENDING,
-    RUNNING,
-    SUCCEEDED,
-    UNKNOWN,
-    Backend,
-    CostEstimate,
-    RemoteJob,
-    RemoteStatus,
-    ResourceSpec,
-    StreamItem,
-    Submission,
-)
+from neural_jupyter.backends import base, retry
+from neural_jupyter.backends.base import State
 from neural_jupyter.backends.log_mirror import LogMirror
-from neural_jupyter.backends.retry import TRANSIENT_HTTP_STATUS, call_with_retries
+from neural_jupyter.backends.remote import LogReader, Look, RemotePlatform, StateTable
 from neural_jupyter.errors import (
     ConfigurationError,
     JobError,
-    MissingDependencyError,
     PlatformAuthError,
-    PlatformConnectionError,
     PlatformError,
     QuotaError,
 )
 from neural_jupyter.redaction import register_secret
-from neural_jupyter.runtime.bundle import Bundle
-from neural_jupyter.runtime.events import Event, parse_line
+from neural_jupyter.runtime.bundle import LAUNCHER, Bundle, launcher_source
+from neural_jupyter.runtime.events import parse_line
+from neural_jupyter.runtime.jobdir import artifact_name, output_target
 
 PLATFORM = "kaggle"
 EMBED_LIMIT = 1_000_000  # bytes of compressed bundle carried inside the kernel script
 MAX_SESSION_SECONDS = 12 * 3600  # Kaggle stops GPU sessions after 12 hours
-MACHINE_SHAPES = {"gpu-t4x2": "NvidiaTeslaT4", "gpu-p100": "NvidiaTeslaP100"}
-ARTIFACT_NAMES = {"model.pt": "weights", "history.json": "history", "checkpoint.pt": "checkpoint"}
+MACHINE_SHAPES = {"gpu-t4x2": "NvidiaTeslaT4"}
+# Kaggle retired its P100s: a session asking for them runs on T4s.
+RETIRED_SHAPES = {"gpu-p100": "gpu-t4x2"}
+DATA_SEARCH = "$KAGGLE_INPUT_DIR:/kaggle/input"  # attached data sets
+KERNEL_ARGS = ["--bundle", "embedded", "--outputs", "output", "--data-search", DATA_SEARCH]
 
 # Kaggle's KernelWorkerStatus -> ours (the table in docs/platforms/kaggle.md).
-STATE_TABLE: dict[str, tuple[str, str]] = {
-    "QUEUED": (PENDING, "queued"),
-    "NEW_SCRIPT": (PENDING, "new script, waiting to start"),
-    "RUNNING": (RUNNING, "running"),
-    "CANCEL_REQUESTED": (RUNNING, "stopping (cancel requested)"),
-    "COMPLETE": (SUCCEEDED, "complete"),
-    "ERROR": (FAILED, "error"),
-    "CANCEL_ACKNOWLEDGED": (CANCELLED, "cancelled"),
-}
-
-KERNEL_SCRIPT = r'''"""neural-jupyter job __JOB__ (__MODEL__): runs train.py of the bundle below."""
-import base64, glob, io, os, shutil, subprocess, sys, tarfile
-
-here = os.getcwd()
-work = os.path.join(here, "neural_job")
-os.makedirs(work, exist_ok=True)
-with tarfile.open(fileobj=io.BytesIO(base64.b64decode(BUNDLE)), mode="r:gz") as archive:
-    if hasattr(tarfile, "data_filter"):
-        archive.extractall(work, filter="data")
-    else:
-        archive.extractall(work)
-data = os.path.join(work, "data.npz")
-if not os.path.exists(data):
-    inputs = os.environ.get("KAGGLE_INPUT_DIR", "/kaggle/input")
-    found = sorted(glob.glob(os.path.join(inputs, "**", "data.npz"), recursive=True))
-    if not found:
-        print("neural-jupyter: no data.npz in the bundle or the attached dataset", file=sys.stderr)
-        sys.exit(2)
-    shutil.copyfile(found[0], data)
-sys.stdout.flush()
-code = subprocess.call([sys.executable, "-u", "train.py"], cwd=work)
-if os.path.isdir(os.path.join(work, "output")):
-    shutil.rmtree(os.path.join(here, "output"), ignore_errors=True)
-    shutil.move(os.path.join(work, "output"), os.path.join(here, "output"))
-shutil.rmtree(work, ignore_errors=True)
-sys.exit(code)
-'''
+STATE_TABLE = StateTable(
+    {
+        "QUEUED": (State.PENDING, "queued"),
+        "NEW_SCRIPT": (State.PENDING, "new script, waiting to start"),
+        "RUNNING": (State.RUNNING, "running"),
+        "CANCEL_REQUESTED": (State.RUNNING, "stopping (cancel requested)"),
+        "COMPLETE": (State.SUCCEEDED, "complete"),
+        "ERROR": (State.FAILED, "error"),
+        "CANCEL_ACKNOWLEDGED": (State.CANCELLED, "cancelled"),
+    }
+)
 
 
-def _sdk() -> Any:
-    try:
-        import kagglesdk  # the client the ``kaggle`` package talks through
-        import requests  # noqa: F401
-    except ImportError:
-        raise MissingDependencyError("kaggle", "kaggle", "The Kaggle backend") from None
-    return kagglesdk
+def _read_http(exc: BaseException):
+    """A ``requests`` error: the answer's status and Kaggle's ``message``."""
+    failure = retry.read_plain(exc)
+    response = getattr(exc, "response", None)
+    if response is not None:
+        with contextlib.suppress(ValueError, AttributeError):
+            body = response.json()
+            if isinstance(body, dict) and body.get("message"):
+                return type(failure)(exc, failure.status, "", str(body["message"]))
+        with contextlib.suppress(Exception):
+            if response.text:
+                return type(failure)(exc, failure.status, "", str(response.text)[:500])
+    return failure
+
+
+FAULTS = retry.FaultPolicy(
+    PLATFORM,
+    "Kaggle",
+    read=_read_http,
+    rules=(
+        retry.Rule(
+            retry.AUTH,
+            statuses=(401, 403),
+            message="{text}",
+            hint="check the Kaggle API token (https://www.kaggle.com/settings → API); "
+            "a new token replaces ~/.kaggle/kaggle.json",
+        ),
+        retry.Rule(retry.QUOTA, statuses=(429,), retry=True, message="{text}"),
+        retry.Rule(retry.QUOTA, words=("quota",), message="{text}"),
+        retry.Rule(
+            retry.UNAVAILABLE, statuses=retry.TRANSIENT_HTTP_STATUS, retry=True, message="{text}"
+        ),
+        retry.CONNECTION,
+        retry.Rule(types=("HTTPError",), message="{text}"),
+    ),
+)
 
 
 def kernel_slug_for(key: str) -> str:
     """Kaggle kernel slug (and title) from the idempotency key: same key, same kernel."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", key.lower()).strip("-")
-    if len(slug) > 46:
-        slug = slug[:33].rstrip("-") + "-" + hashlib.sha256(key.encode()).hexdigest()[:12]
-    return f"nj-{slug}"
+    return base.name_for(key, 49)
 
 
-def kernel_script(bundle: Bundle, archive: bytes) -> str:
-    """The kernel's one source file: the bootstrap with the bundle inside it."""
+def kernel_script(bundle: Bundle, archive: bytes, internet: bool = False) -> str:
+    """The kernel's one source file: the launcher, with the bundle and its arguments in it
+    (without internet, ``--offline``: the launcher says what it cannot install)."""
+    args = KERNEL_ARGS if internet else [*KERNEL_ARGS, "--offline"]
     encoded = base64.b64encode(archive).decode()
     lines = [encoded[i : i + 100] for i in range(0, len(encoded), 100)]
-    literal = "BUNDLE = (\n" + "".join(f'    "{line}"\n' for line in lines) + ")\n"
-    header, body = KERNEL_SCRIPT.split("\n", 1)
-    header = header.replace("__JOB__", str(bundle.job.get("job_id", ""))).replace(
-        "__MODEL__", str(bundle.job.get("model", ""))
-    )
-    return header + "\n" + literal + body
+    literal = "BUNDLE = (\n" + "".join(f'    "{line}"\n' for line in lines) + ")"
+    header = f"# neural-jupyter job {bundle.job.get('job_id', '')} ({bundle.job.get('model', '')})"
+    text = launcher_source()
+    for placeholder, value in (
+        ('BUNDLE = ""', literal),
+        ("ARGS: list[str] = []", f"ARGS = {args!r}"),
+    ):
+        line = next(x for x in text.splitlines() if x.startswith(placeholder))
+        text = text.replace(line, value, 1)
+    return header + "\n" + text
 
 
 def pack_bundle(bundle: Bundle, with_data: bool = True) -> bytes:
-    return bundle.archive(exclude=() if with_data else ("data.npz",))
+    return bundle.archive(exclude=(LAUNCHER,) if with_data else (LAUNCHER, "data.npz"))
 
 
 def _flag(extra: Mapping[str, Any], name: str, default: bool) -> bool:
@@ -221,17 +218,20 @@ def _config_dirs() -> list[Path]:
     return [home / ".kaggle", xdg / "kaggle"]
 
 
-class KaggleBackend(Backend):
+class KaggleBackend(RemotePlatform):
     name = PLATFORM
     label = "Kaggle (free GPU quota)"
     extra = "kaggle"
-
+    sdk_modules: ClassVar[Mapping[str, str]] = {"kagglesdk": "kaggle", "requests": "kaggle"}
+    price_table = PLATFORM
+    max_parallel = 1  # Kaggle runs few GPU sessions of an account at once; one is safe
+    faults = FAULTS
     poll_seconds = 5.0  # between status checks (Kaggle rate-limits its API)
-    heartbeat_seconds = 0.25
 
     # --- client -------------------------------------------------------------------------------
     def client(self, username: str | None = None) -> tuple[Any, KaggleCredentials]:
-        kagglesdk = _sdk()
+        self.require_sdk()
+        kagglesdk = self.sdk("kagglesdk")
         from kagglesdk.kaggle_env import KaggleEnv
 
         credentials = find_credentials(username)
@@ -252,14 +252,10 @@ class KaggleBackend(Backend):
             http._endpoint = endpoint
         return client, credentials
 
-    @staticmethod
-    def _call(func: Callable[[], Any]) -> Any:
-        try:
-            return call_with_retries(func, _is_transient)
-        except Exception as exc:
-            raise _platform_error(exc) from None
+    def _call(self, func: Callable[[], Any]) -> Any:
+        return self.call("Kaggle", func)
 
-    def _kernel(self, job: RemoteJob) -> tuple[str, str]:
+    def _kernel(self, job: base.RemoteJob) -> tuple[str, str]:
         details = job.details
         owner = details.get("owner")
         slug = details.get("slug")
@@ -271,7 +267,7 @@ class KaggleBackend(Backend):
         return str(owner), str(slug)
 
     # --- requests -----------------------------------------------------------------------------
-    def save_request(self, owner: str, slug: str, text: str, resources: ResourceSpec) -> Any:
+    def save_request(self, owner: str, slug: str, text: str, resources: base.ResourceSpec) -> Any:
         from kagglesdk.kernels.types.kernels_api_service import ApiSaveKernelRequest
 
         extra = resources.extra
@@ -286,11 +282,20 @@ class KaggleBackend(Backend):
         request.enable_tpu = False
         request.enable_internet = _flag(extra, "internet", False)
         request.dataset_data_sources = [str(extra["dataset"])] if extra.get("dataset") else []
-        shape = extra.get("machine_shape") or MACHINE_SHAPES.get(resources.instance_type or "")
-        if resources.instance_type and not shape:
+        instance = resources.instance_type or ""
+        if instance in RETIRED_SHAPES:
+            warnings.warn(
+                f"Kaggle retired its P100 GPUs: --instance {instance} runs on "
+                f"{RETIRED_SHAPES[instance]}",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            instance = RETIRED_SHAPES[instance]
+        shape = extra.get("machine_shape") or MACHINE_SHAPES.get(instance)
+        if instance and not shape:
             raise ConfigurationError(
                 f"unknown Kaggle accelerator {resources.instance_type!r}",
-                hint="--instance gpu-t4x2 or gpu-p100, or --set machine_shape=NAME",
+                hint="--instance gpu-t4x2, or --set machine_shape=NAME",
             )
         if shape:
             request.machine_shape = str(shape)
@@ -303,7 +308,7 @@ class KaggleBackend(Backend):
             request.session_timeout_seconds = max(60, int(seconds))
         return request
 
-    def plan(self, job: RemoteJob, resources: ResourceSpec) -> dict[str, Any]:
+    def plan(self, job: base.RemoteJob, resources: base.ResourceSpec) -> dict[str, Any]:
         owner = str(resources.extra.get("username") or os.environ.get("KAGGLE_USERNAME") or "")
         if not owner:
             with contextlib.suppress(PlatformAuthError):
@@ -322,23 +327,33 @@ class KaggleBackend(Backend):
         """Credentials exist (a token's user name may still come from ``--set username``)."""
         find_credentials(username="-")
 
-    def submit(self, bundle: Bundle, job: RemoteJob, resources: ResourceSpec) -> Submission:
+    def submit(
+        self, bundle: Bundle, job: base.RemoteJob, resources: base.ResourceSpec
+    ) -> base.Submission:
         extra = resources.extra
         dataset = extra.get("dataset")
         if dataset is not None and not re.fullmatch(r"[\w.-]+/[\w.-]+", str(dataset)):
             raise ConfigurationError(f"--set dataset must be OWNER/DATASET-SLUG, got {dataset!r}")
         archive = pack_bundle(bundle, with_data=not dataset)
         if len(archive) > EMBED_LIMIT:
+            hint = (
+                f"upload {bundle.path / 'data.npz'} as a private Kaggle dataset "
+                "(kaggle datasets create) and pass --set dataset=OWNER/SLUG"
+                if bundle.kind == "model"
+                else "ship less with the code: upload the data folder as a private Kaggle "
+                "dataset, attach it with --set dataset=OWNER/SLUG and read it from "
+                "/kaggle/input/SLUG in the job"
+            )
             raise ConfigurationError(
                 f"the bundle is {len(archive) / 2**20:.1f} MiB compressed, too big to carry "
                 "inside a Kaggle kernel",
-                hint=f"upload {bundle.path / 'data.npz'} as a private Kaggle dataset "
-                "(kaggle datasets create) and pass --set dataset=OWNER/SLUG",
+                hint=hint,
             )
         client, credentials = self.client(extra.get("username"))
         owner = str(credentials.username)
         slug = kernel_slug_for(job.idempotency_key)
-        request = self.save_request(owner, slug, kernel_script(bundle, archive), resources)
+        script = kernel_script(bundle, archive, internet=_flag(extra, "internet", False))
+        request = self.save_request(owner, slug, script, resources)
 
         def push() -> dict[str, Any]:
             existing = self._session_status(client, owner, slug)
@@ -366,7 +381,9 @@ class KaggleBackend(Backend):
         }
         if extra.get("username"):
             details["username"] = str(extra["username"])
-        return Submission(f"{owner}/{slug}", {k: v for k, v in details.items() if v is not None})
+        return base.Submission(
+            f"{owner}/{slug}", {k: v for k, v in details.items() if v is not None}
+        )
 
     def _session_status(self, client: Any, owner: str, slug: str) -> Any:
         """The kernel's session status, or None while no such kernel exists (404/403)."""
@@ -384,48 +401,20 @@ class KaggleBackend(Backend):
                 return None
             raise
 
-    def status(self, job: RemoteJob) -> RemoteStatus:
+    def look(self, job: base.RemoteJob) -> Look:
         owner, slug = self._kernel(job)
         client, _ = self.client(job.details.get("username"))
         response = self._call(lambda: self._session_status(client, owner, slug))
         if response is None:
-            return RemoteStatus(UNKNOWN, message=f"kernel {owner}/{slug} not found")
-        return status_from(response.status.name, response.failure_message)
+            return Look(
+                base.RemoteStatus(State.UNKNOWN, message=f"kernel {owner}/{slug} not found")
+            )
+        state = status_from(response.status.name, response.failure_message)
+        announce = None if state.is_terminal else f"Kaggle: {state.message}"
+        return Look(state, str(state.message), announce, {"state": state.state})
 
-    def events(self, job: RemoteJob, *, follow: bool = True) -> Iterator[StreamItem]:
-        owner, slug = self._kernel(job)
-        client, _ = self.client(job.details.get("username"))
-        mirror = LogMirror(job.directory)
-        counter = LineCounter()
-        last = None
-        live: _LiveLog | None = None
-        next_check = 0.0
-        try:
-            while True:
-                if time.monotonic() >= next_check:  # the status every poll; the log as it comes
-                    next_check = time.monotonic() + self.poll_seconds
-                    state = self.status(job)
-                    if state.message != last and not state.is_terminal:
-                        last = state.message
-                        yield Event("status", {"state": state.state, "message": f"Kaggle: {last}"})
-                    if follow and state.state == RUNNING and live is None:
-                        live = _LiveLog(client, owner, slug)
-                if live is not None:
-                    for entry in live.entries():
-                        for line, stream in counter.feed(entry):
-                            mirror.add(line, counter.count, stream)
-                            yield parse_line(line, stream)
-                if state.is_terminal or not follow:
-                    if state.is_terminal or state.state == RUNNING:
-                        yield from self._final_log(client, owner, slug, counter, mirror)
-                    if state.state == SUCCEEDED:
-                        yield from self.bring_back_outputs(job)
-                    return
-                yield None
-                time.sleep(self.heartbeat_seconds)
-        finally:
-            if live is not None:
-                live.close()
+    def log_reader(self, job: base.RemoteJob) -> LogReader:
+        return _KernelLog(self, job)
 
     def _output(self, client: Any, owner: str, slug: str) -> tuple[list[Any], str | None]:
         """Every output file (all pages) and the session's log."""
@@ -452,26 +441,7 @@ class KaggleBackend(Backend):
             if not token:
                 return files, log
 
-    def _final_log(
-        self, client: Any, owner: str, slug: str, counter: LineCounter, mirror: LogMirror
-    ) -> Iterator[StreamItem]:
-        """The persisted log (the lines not streamed live); the local copy if Kaggle has none."""
-        _, log = self._output(client, owner, slug)
-        if log:
-            replay = LineCounter()
-            lines = [pair for entry in parse_log(log) for pair in replay.feed(entry)]
-            lines.extend(replay.flush())
-            for number, (line, stream) in enumerate(lines, 1):
-                if number > counter.count:
-                    counter.count = number
-                    mirror.add(line, number, stream)
-                    yield parse_line(line, stream)
-            return
-        if counter.count == 0:
-            for line, stream in mirror.lines():
-                yield parse_line(line, stream)
-
-    def fetch_artifacts(self, job: RemoteJob, destination: Path) -> dict[str, Path]:
+    def fetch_artifacts(self, job: base.RemoteJob, destination: Path) -> dict[str, Path]:
         """Download the kernel's ``output/`` files into ``destination``."""
         import requests
 
@@ -480,11 +450,10 @@ class KaggleBackend(Backend):
         files, _ = self._output(client, owner, slug)
         found: dict[str, Path] = {}
         for item in files:
-            name = str(item.file_name or "")
-            parts = Path(name).parts
-            if not name or ".." in parts or parts[0] != "output" or not item.url:
-                continue
-            if parts[-1] == "status.json":  # train.py's own exit record, not an artifact
+            name = str(item.file_name or "").replace("\\", "/")
+            folder, _, relative = name.partition("/")
+            target = output_target(destination, relative)
+            if folder != "output" or target is None or not item.url:
                 continue
 
             def download(url: str = str(item.url)) -> bytes:
@@ -493,13 +462,12 @@ class KaggleBackend(Backend):
                 return response.content
 
             data = self._call(download)
-            target = destination.joinpath(*parts[1:])
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-            found[ARTIFACT_NAMES.get(target.name, target.name)] = target
+            found[artifact_name(relative)] = target
         return found
 
-    def cancel(self, job: RemoteJob) -> None:
+    def cancel(self, job: base.RemoteJob) -> None:
         owner, slug = self._kernel(job)
         url = job.details.get("url") or f"https://www.kaggle.com/code/{owner}/{slug}"
         raise PlatformError(
@@ -510,19 +478,71 @@ class KaggleBackend(Backend):
             "every run also stops at its session timeout (--max-hours, at most 12 h)",
         )
 
-    def estimate_cost(self, resources: ResourceSpec) -> CostEstimate | None:
+    def estimate_cost(self, resources: base.ResourceSpec) -> base.CostEstimate | None:
         if not resources.instance_type:
             return None
-        return super().estimate_cost(resources)
+        instance = RETIRED_SHAPES.get(resources.instance_type, resources.instance_type)
+        return super().estimate_cost(dataclasses.replace(resources, instance_type=instance))
 
 
-def status_from(name: str, failure: str | None = None) -> RemoteStatus:
-    state, text = STATE_TABLE.get(name.upper(), (UNKNOWN, name.lower()))
-    if state == FAILED:
-        return RemoteStatus(FAILED, None, failure or "the kernel ended with an error")
-    if state == SUCCEEDED:
-        return RemoteStatus(SUCCEEDED, 0, text)
-    return RemoteStatus(state, None, text)
+class _KernelLog(LogReader):
+    """Kaggle's live log while the session runs (read between status looks), then the
+    persisted log; every line kept once in the job's log mirror."""
+
+    def __init__(self, backend: KaggleBackend, job: base.RemoteJob) -> None:
+        self.backend = backend
+        self.owner, self.slug = backend._kernel(job)
+        self.client, _ = backend.client(job.details.get("username"))
+        self.mirror = LogMirror(job.directory)
+        self.counter = LineCounter()
+        self.live: _LiveLog | None = None
+
+    def _drain(self) -> Iterator[base.StreamItem]:
+        for entry in self.live.entries() if self.live is not None else ():
+            for line, stream in self.counter.feed(entry):
+                self.mirror.add(line, self.counter.count, stream)
+                yield parse_line(line, stream)
+
+    def read(self, look: Look, follow: bool) -> Iterator[base.StreamItem]:
+        if follow and look.status.state == State.RUNNING and self.live is None:
+            self.live = _LiveLog(self.client, self.owner, self.slug)
+        yield from self._drain()
+
+    def pause(self, look: Look, seconds: float, step: float) -> Iterator[base.StreamItem]:
+        for beat in base.heartbeats(seconds, step):  # the status every poll, the log as it comes
+            yield from self._drain()
+            yield beat
+
+    def finish(self, look: Look) -> Iterator[base.StreamItem]:
+        """The persisted log (the lines not streamed live); the local copy if Kaggle has none."""
+        if not (look.status.is_terminal or look.status.state == State.RUNNING):
+            return
+        _, log = self.backend._output(self.client, self.owner, self.slug)
+        if log:
+            replay = LineCounter()
+            lines = [pair for entry in parse_log(log) for pair in replay.feed(entry)]
+            lines.extend(replay.flush())
+            for number, (line, stream) in enumerate(lines, 1):
+                if number > self.counter.count:
+                    self.counter.count = number
+                    self.mirror.add(line, number, stream)
+                    yield parse_line(line, stream)
+        elif self.counter.count == 0:
+            for line, stream in self.mirror.lines():
+                yield parse_line(line, stream)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.close()
+
+
+def status_from(name: str, failure: str | None = None) -> base.RemoteStatus:
+    state, text = STATE_TABLE.get(name.upper(), (State.UNKNOWN, name.lower()))
+    if state == State.FAILED:
+        return base.RemoteStatus(State.FAILED, None, failure or "the kernel ended with an error")
+    if state == State.SUCCEEDED:
+        return base.RemoteStatus(State.SUCCEEDED, 0, text)
+    return base.RemoteStatus(state, None, text)
 
 
 def parse_log(text: str) -> list[dict[str, Any]]:
@@ -661,53 +681,3 @@ def _save_error(message: str) -> PlatformError:
     if "quota" in message.lower():
         return QuotaError(message, platform=PLATFORM)
     return PlatformError(message, platform=PLATFORM)
-
-
-def _is_transient(exc: BaseException) -> bool:
-    import requests
-
-    if isinstance(exc, requests.HTTPError):
-        response = exc.response
-        return response is not None and response.status_code in TRANSIENT_HTTP_STATUS
-    return isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError))
-
-
-def _message(exc: Any) -> str:
-    response = getattr(exc, "response", None)
-    if response is not None:
-        with contextlib.suppress(ValueError, AttributeError):
-            body = response.json()
-            if isinstance(body, dict) and body.get("message"):
-                return str(body["message"])
-        with contextlib.suppress(Exception):
-            if response.text:
-                return str(response.text)[:500]
-    return str(exc)
-
-
-def _platform_error(exc: BaseException) -> Exception:
-    if isinstance(exc, PlatformError | ConfigurationError | JobError):
-        return exc
-    import requests
-
-    if isinstance(exc, requests.HTTPError):
-        status = exc.response.status_code if exc.response is not None else None
-        message = _message(exc)
-        if status in (401, 403):
-            return PlatformAuthError(
-                message,
-                platform=PLATFORM,
-                response=f"HTTP {status}",
-                hint="check the Kaggle API token (https://www.kaggle.com/settings → API); "
-                "a new token replaces ~/.kaggle/kaggle.json",
-            )
-        if status == 429 or "quota" in message.lower():
-            return QuotaError(message, platform=PLATFORM, response=f"HTTP {status}")
-        if status in TRANSIENT_HTTP_STATUS:
-            return PlatformConnectionError(message, platform=PLATFORM, response=f"HTTP {status}")
-        return PlatformError(message, platform=PLATFORM, response=f"HTTP {status}")
-    if _is_transient(exc):
-        return PlatformConnectionError(
-            f"Kaggle could not be reached: {type(exc).__name__}", platform=PLATFORM
-        )
-    return PlatformError(f"{type(exc).__name__}: {exc}", platform=PLATFORM)

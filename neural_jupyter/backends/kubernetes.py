@@ -1,18 +1,38 @@
-"""Kubernetes (and Run:AI on Kubernetes): the bundle as a ConfigMap, a ``batch/v1`` Job that
-unpacks it and runs ``python train.py``, its pod log streamed back.
+"""Kubernetes (and Run:AI on Kubernetes): the bundle and its ``launcher.py`` as a ConfigMap, a
+``batch/v1`` Job whose container runs the launcher (it unpacks the bundle and runs
+``python train.py``), its pod log streamed back.
 
 - One Job per idempotency key: its name is derived from the key, so a retried or re-run submit
   gets ``409 AlreadyExists`` and adopts the Job already there instead of starting a second one.
 - The bundle travels as a gzipped tar in the ConfigMap's ``binaryData``; ConfigMaps hold at most
   1 MiB, so a bigger bundle needs ``bundle_url`` (object storage, e.g. a presigned URL).
+- The ConfigMap is created first (a failed one leaves no Job behind), then the Job, then the
+  ConfigMap is made the Job's (``ownerReferences``) so it goes when the Job goes.
 - ``backoffLimit: 0`` and ``restartPolicy: Never``: a failed run is reported, never re-run.
-  ``activeDeadlineSeconds`` comes from ``--max-hours``/``--timeout``.
+  ``activeDeadlineSeconds`` comes from ``--max-hours``/``--timeout``. The pod meets the
+  ``restricted`` Pod Security Standard (non-root user, no privilege escalation, no
+  capabilities, the runtime's default seccomp profile).
+- The image: ``--set image=``, else the newest of ``image_tables/kubernetes.json`` (AWS's
+  public PyTorch Deep Learning Containers, GPU or CPU build).
 - Run:AI: ``scheduler=runai-scheduler`` sets ``schedulerName``; ``runai_project=P`` adds the
   project labels and defaults the namespace to ``runai-P``.
-- Artifacts: after ``train.py`` ends, the bootstrap prints the output files base64-encoded into
-  the pod log between marker lines (``log_artifacts_max_mb``, default 8); ``fetch_artifacts``
-  decodes them while the pod exists (``ttl_seconds`` after the end, default 7 days). Bigger
-  outputs: mount a PVC with ``output_pvc`` and copy from it (see docs/platforms/kubernetes.md).
+- Artifacts: after ``train.py`` ends, the launcher prints every file under ``output/``
+  base64-encoded into the pod log between marker lines (``log_artifacts_max_mb``, default
+  8); ``fetch_artifacts`` decodes them while the pod exists (``ttl_seconds`` after the end,
+  default 7 days). Bigger outputs: mount a PVC with ``output_pvc`` and copy from it (see
+  docs/platforms/kubernetes.md).
+
+Data-parallel training (``--nodes N --procs-per-node P``, docs/distributed.md): with ``N`` > 1
+the Job is an Indexed Job (``completionMode: Indexed``, ``completions = parallelism = N``)
+beside a headless Service of the same name (``clusterIP: None``, ``publishNotReadyAddresses``)
+that gives each pod a DNS name (``subdomain``): pod ``i`` is ``NAME-i.NAME.NAMESPACE.svc``.
+Every pod runs the launcher with ``--nnodes N --nproc-per-node P --master-addr`` index 0's
+name; its node rank is the ``JOB_COMPLETION_INDEX`` Kubernetes sets, and torchrun meets at
+index 0 (port ``RENDEZVOUS_PORT``). ``backoffLimit: 0``: a pod that fails fails the Job, and
+Kubernetes stops the other pods. Status, log and artifacts are index 0's pod's (rank 0 prints
+the events and the outputs); a failure names the pod that failed first. Cancel deletes the
+Job (every pod, in the foreground), the Service and the ConfigMap (both also owned by the
+Job, so they go with it after ``ttl_seconds``). A Kubeflow ``PyTorchJob`` is not used.
 
 Options (``--set key=value``): ``namespace``, ``context``, ``kubeconfig``, ``image``,
 ``scheduler``, ``runai_project``, ``bundle_url``, ``service_account``, ``image_pull_secret``,
@@ -28,125 +48,108 @@ import json
 import queue
 import re
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+from urllib.parse import unquote
 
-from neural_jupyter.backends.base import (
-    CANCELLED,
-    FAILED,
-    PENDING,
-    RUNNING,
-    SUCCEEDED,
-    UNKNOWN,
-    Backend,
-    CostEstimate,
-    RemoteJob,
-    RemoteStatus,
-    ResourceSpec,
-    StreamItem,
-    Submission,
-)
+from neural_jupyter.backends import base, retry
+from neural_jupyter.backends.base import State
+from neural_jupyter.backends.images import Image, table
+from neural_jupyter.backends.log_artifacts import ARTIFACT_MARK, decode_artifacts
 from neural_jupyter.backends.log_mirror import LogMirror
-from neural_jupyter.backends.retry import TRANSIENT_HTTP_STATUS, call_with_retries
-from neural_jupyter.errors import (
-    ConfigurationError,
-    JobError,
-    MissingDependencyError,
-    PlatformAuthError,
-    PlatformConnectionError,
-    PlatformError,
-    QuotaError,
-)
+from neural_jupyter.backends.remote import LogReader, Look, RemotePlatform
+from neural_jupyter.errors import ConfigurationError, JobError, PlatformAuthError
 from neural_jupyter.redaction import register_secret
-from neural_jupyter.runtime.bundle import Bundle
-from neural_jupyter.runtime.events import Event, parse_line
+from neural_jupyter.runtime.bundle import LAUNCHER, Bundle, launcher_source
+from neural_jupyter.runtime.events import parse_line
 
 PLATFORM = "kubernetes"
-DEFAULT_IMAGE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
+IMAGES = table(PLATFORM)
 CONFIGMAP_LIMIT = 1_000_000  # bytes; the API server refuses ConfigMaps over 1 MiB in all
 DEFAULT_TTL_SECONDS = 7 * 24 * 3600
 DEFAULT_LOG_ARTIFACTS_MB = 8.0
 BUNDLE_MOUNT = "/neural"
 WORKDIR = "/workspace/job"
-ARTIFACT_MARK = "##neural-artifact"
-ARTIFACT_NAMES = {"model.pt": "weights", "history.json": "history", "checkpoint.pt": "checkpoint"}
 LABEL_JOB_ID = "neural-jupyter/job-id"
+INDEX_LABEL = "batch.kubernetes.io/job-completion-index"  # label (1.28+) and annotation
+RENDEZVOUS_PORT = 29500  # torchrun's on index 0's pod
 MANAGED_BY = {"app.kubernetes.io/managed-by": "neural-jupyter"}
-
-# Runs in the container: unpack the bundle, run train.py, print the outputs into the log.
-BOOTSTRAP = r'''"""neural-jupyter: unpack the job bundle, run train.py, print its outputs."""
-import base64, hashlib, io, os, subprocess, sys, tarfile, urllib.request
-
-MARK = "##neural-artifact"
-work = os.environ.get("NJ_WORKDIR", "/workspace/job")
-url = os.environ.get("NJ_BUNDLE_URL")
-os.makedirs(work, exist_ok=True)
-if url:
-    with urllib.request.urlopen(url, timeout=600) as response:
-        data = response.read()
-else:
-    with open(os.path.join(os.environ.get("NJ_BUNDLE_DIR", "/neural"), "bundle.tar.gz"), "rb") as f:
-        data = f.read()
-expected = os.environ.get("NJ_BUNDLE_SHA256")
-if expected and hashlib.sha256(data).hexdigest() != expected:
-    print("neural-jupyter: the bundle's checksum does not match; not running it", file=sys.stderr)
-    sys.exit(2)
-with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
-    if hasattr(tarfile, "data_filter"):
-        archive.extractall(work, filter="data")
-    else:
-        archive.extractall(work)
-try:
-    import numpy, torch  # noqa: F401
-except ImportError:
-    subprocess.call([sys.executable, "-m", "pip", "install", "--quiet", "-r", "requirements.txt"],
-                    cwd=work)
-sys.stdout.flush()
-code = subprocess.call([sys.executable, "-u", "train.py"], cwd=work)
-budget = int(float(os.environ.get("NJ_LOG_ARTIFACTS_MAX_BYTES", "0")))
-output = os.path.join(work, "output")
-names = sorted(os.listdir(output)) if os.path.isdir(output) else []
-for name in names:
-    path = os.path.join(output, name)
-    if name == "status.json" or not os.path.isfile(path):
-        continue
-    size = os.path.getsize(path)
-    if size > budget:
-        print(f"{MARK}-skipped output/{name} {size}", flush=True)
-        continue
-    budget -= size
-    with open(path, "rb") as f:
-        blob = f.read()
-    print(f"{MARK}-begin output/{name} {size} {hashlib.sha256(blob).hexdigest()}")
-    for start in range(0, len(blob), 6144):
-        print(f"{MARK} output/{name} " + base64.b64encode(blob[start:start + 6144]).decode())
-    print(f"{MARK}-end output/{name}", flush=True)
-sys.exit(code)
-'''
+USER_ID = 1000  # the restricted Pod Security Standard: never root
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": USER_ID,
+    "runAsGroup": USER_ID,
+    "fsGroup": USER_ID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+}
 
 
-def _require_sdk() -> Any:
-    try:
-        import kubernetes  # noqa: F401
-        from kubernetes import client
-    except ImportError:
-        raise MissingDependencyError("kubernetes", "kubernetes", "The Kubernetes backend") from None
-    return client
+def default_image(gpu: bool, image: Image | None = None) -> str:
+    """The image of the table's row ``image`` (default: the newest), GPU or CPU build."""
+    return f"{IMAGES.extra['registry']}:{(image or IMAGES.default())['gpu' if gpu else 'cpu']}"
+
+
+def read_api(exc: BaseException) -> retry.Failure:
+    """An ``ApiException``: its HTTP status and the API server's own message (``Status``)."""
+    status = getattr(exc, "status", None)
+    body = getattr(exc, "body", None)
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", errors="replace")
+    message = ""
+    if body:
+        with contextlib.suppress(ValueError, AttributeError):
+            message = str(json.loads(body).get("message") or "")
+        message = message or str(body)[:500]
+    message = message or str(getattr(exc, "reason", "") or f"{type(exc).__name__}: {exc}")
+    return retry.Failure(exc, status if isinstance(status, int) else None, "", message)
+
+
+FAULTS = retry.FaultPolicy(
+    PLATFORM,
+    "the Kubernetes API server",
+    read=read_api,
+    rules=(
+        retry.Rule(retry.QUOTA, statuses=(401, 403), words=("exceeded quota",), message="{text}"),
+        retry.Rule(
+            retry.AUTH,
+            statuses=(401,),
+            message="{text}",
+            hint="the cluster did not accept the kubeconfig's credentials (expired token?)",
+        ),
+        retry.Rule(
+            retry.AUTH,
+            statuses=(403,),
+            message="{text}",
+            hint="the account needs create/get/list/delete on jobs.batch and configmaps "
+            "(and services, for --nodes above 1), patch on configmaps and services, get/list "
+            "on pods and pods/log in the namespace (docs/platforms/kubernetes.md)",
+        ),
+        retry.Rule(
+            retry.UNAVAILABLE, statuses=retry.TRANSIENT_HTTP_STATUS, retry=True, message="{text}"
+        ),
+        retry.Rule(
+            retry.UNAVAILABLE, types=("HTTPError", "ConnectionError", "TimeoutError"), retry=True
+        ),
+        retry.Rule(types=("ApiException",), message="{text}"),
+    ),
+)
 
 
 def job_name_for(key: str) -> str:
     """A DNS-1123 label derived from the idempotency key (same key, same name)."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", key.lower()).strip("-")
-    if len(slug) > 50:
-        slug = slug[:37].rstrip("-") + "-" + hashlib.sha256(key.encode()).hexdigest()[:12]
-    return f"nj-{slug}"
+    return base.name_for(key, 53)
 
 
 def pack_bundle(bundle: Bundle) -> bytes:
-    """The bundle's files as a gzipped tar (outputs of earlier runs left out)."""
-    return bundle.archive()
+    """The bundle's files as a gzipped tar (outputs of earlier runs and the launcher, which
+    travels beside it, left out)."""
+    return bundle.archive(exclude=(LAUNCHER,))
 
 
 def _number(extra: Mapping[str, Any], name: str, default: float) -> float:
@@ -173,21 +176,23 @@ def _node_selector(text: Any) -> dict[str, str]:
     return selector
 
 
-class KubernetesBackend(Backend):
+class KubernetesBackend(RemotePlatform):
     name = PLATFORM
     label = "Kubernetes (also Run:AI)"
     extra = "kubernetes"
-
+    sdk_modules: ClassVar[Mapping[str, str]] = {"kubernetes": "kubernetes"}
+    faults = FAULTS
     poll_seconds = 2.0  # between status checks while waiting for the pod
-    heartbeat_seconds = 0.25
+    max_nodes = 100  # an Indexed Job's pods: each one node of the torchrun job
 
     def __init__(self) -> None:
         self._clients: dict[tuple[str | None, str | None], Any] = {}
+        self._artifact_lines: dict[str, list[str]] = {}  # job id -> what a stream saw
 
     # --- connection -----------------------------------------------------------------------
     def api_client(self, kubeconfig: str | None = None, context: str | None = None) -> Any:
         """An ``ApiClient`` for the kubeconfig/context (in-cluster config inside a pod)."""
-        _require_sdk()
+        self.require_sdk()
         import os
 
         from kubernetes import config
@@ -239,9 +244,9 @@ class KubernetesBackend(Backend):
                 return str(namespace)
         return "default"
 
-    def _apis(self, job: RemoteJob) -> tuple[Any, Any, str, str]:
+    def _apis(self, job: base.RemoteJob) -> tuple[Any, Any, str, str]:
         details = job.details
-        client = _require_sdk()
+        client = self.sdk("kubernetes.client")
         api = self.api_client(details.get("kubeconfig"), details.get("context"))
         name = str(details.get("job_name") or job.remote_id or job_name_for(job.idempotency_key))
         namespace = str(details.get("namespace") or "default")
@@ -249,7 +254,7 @@ class KubernetesBackend(Backend):
 
     # --- manifests ------------------------------------------------------------------------
     def manifests(
-        self, name: str, namespace: str, job: RemoteJob, resources: ResourceSpec
+        self, name: str, namespace: str, job: base.RemoteJob, resources: base.ResourceSpec
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The Job and the ConfigMap (without the bundle bytes) ``submit`` creates."""
         extra = resources.extra
@@ -257,19 +262,20 @@ class KubernetesBackend(Backend):
         project = extra.get("runai_project")
         if project:
             labels.update({"project": str(project), "runai/queue": str(project)})
+        budget = int(_number(extra, "log_artifacts_max_mb", DEFAULT_LOG_ARTIFACTS_MB) * 2**20)
+        source = str(extra.get("bundle_url") or f"{BUNDLE_MOUNT}/bundle.tar.gz")
+        command = ["python", "-u", f"{BUNDLE_MOUNT}/{LAUNCHER}", "--bundle", source]
+        command += ["--work", WORKDIR, "--install-missing", "--print-outputs", str(budget)]
+        if resources.world_size > 1:  # torchrun; the node rank is JOB_COMPLETION_INDEX
+            command += ["--nnodes", str(resources.nodes)]
+            command += ["--nproc-per-node", str(resources.procs_per_node)]
+        if resources.nodes > 1:
+            command += ["--master-addr", master_address(name, namespace)]
+            command += ["--master-port", str(RENDEZVOUS_PORT)]
         env = [
             {"name": "PYTHONUNBUFFERED", "value": "1"},
-            {"name": "NJ_WORKDIR", "value": WORKDIR},
-            {"name": "NJ_BUNDLE_DIR", "value": BUNDLE_MOUNT},
-            {
-                "name": "NJ_LOG_ARTIFACTS_MAX_BYTES",
-                "value": str(
-                    int(_number(extra, "log_artifacts_max_mb", DEFAULT_LOG_ARTIFACTS_MB) * 2**20)
-                ),
-            },
+            {"name": "HOME", "value": "/workspace"},  # the non-root user's writable home
         ]
-        if extra.get("bundle_url"):
-            env.append({"name": "NJ_BUNDLE_URL", "value": str(extra["bundle_url"])})
         limits: dict[str, Any] = {}
         requests: dict[str, Any] = {}
         if resources.gpus:
@@ -281,10 +287,13 @@ class KubernetesBackend(Backend):
             limits["memory"] = requests["memory"]
         container: dict[str, Any] = {
             "name": "train",
-            "image": str(extra.get("image") or DEFAULT_IMAGE),
-            "command": ["python", "-u", f"{BUNDLE_MOUNT}/bootstrap.py"],
+            "image": str(
+                extra.get("image") or default_image(bool(resources.gpus), self.image_row(job))
+            ),
+            "command": command,
             "env": env,
             "workingDir": "/workspace",
+            "securityContext": dict(CONTAINER_SECURITY),
             "volumeMounts": [
                 {"name": "bundle", "mountPath": BUNDLE_MOUNT, "readOnly": True},
                 {"name": "work", "mountPath": "/workspace"},
@@ -307,6 +316,7 @@ class KubernetesBackend(Backend):
             )
         pod: dict[str, Any] = {
             "restartPolicy": "Never",
+            "securityContext": dict(POD_SECURITY),
             "containers": [container],
             "volumes": volumes,
         }
@@ -328,10 +338,15 @@ class KubernetesBackend(Backend):
         if extra.get("image_pull_secret"):
             pod["imagePullSecrets"] = [{"name": str(extra["image_pull_secret"])}]
         spec: dict[str, Any] = {
-            "backoffLimit": 0,
+            "backoffLimit": 0,  # one failed pod (one node's ranks) fails the whole Job
             "ttlSecondsAfterFinished": int(_number(extra, "ttl_seconds", DEFAULT_TTL_SECONDS)),
             "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
         }
+        if resources.nodes > 1:  # pods NAME-0 … NAME-(N-1), each one node, all at once
+            spec.update(
+                completionMode="Indexed", completions=resources.nodes, parallelism=resources.nodes
+            )
+            pod["subdomain"] = name  # the headless Service: NAME-i.NAME.NAMESPACE.svc
         if resources.max_seconds:
             spec["activeDeadlineSeconds"] = max(1, int(resources.max_seconds))
         manifest = {
@@ -349,34 +364,55 @@ class KubernetesBackend(Backend):
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
-            "data": {"bootstrap.py": BOOTSTRAP},
+            "data": {LAUNCHER: launcher_source()},
         }
         return manifest, configmap
 
-    def plan(self, job: RemoteJob, resources: ResourceSpec) -> dict[str, Any]:
+    @staticmethod
+    def service(name: str, namespace: str, labels: Mapping[str, str]) -> dict[str, Any]:
+        """The headless Service that names an Indexed Job's pods in DNS (multi-node)."""
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+            "spec": {
+                "clusterIP": "None",
+                "selector": {"job-name": name},
+                # a name as soon as a pod has an address: the ranks meet before "ready"
+                "publishNotReadyAddresses": True,
+                "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}],
+            },
+        }
+
+    def plan(self, job: base.RemoteJob, resources: base.ResourceSpec) -> dict[str, Any]:
         extra = resources.extra
         name = job_name_for(job.idempotency_key)
         namespace = self._namespace(extra, extra.get("kubeconfig"), extra.get("context"))
         manifest, configmap = self.manifests(name, namespace, job, resources)
         configmap["binaryData"] = {"bundle.tar.gz": "<the bundle, gzipped tar, base64>"}
-        return {
+        plan = {
             "backend": self.name,
             "job": job.id,
             "resources": resources.public(),
             "ConfigMap": configmap,
             "Job": manifest,
         }
+        if resources.nodes > 1:
+            plan["Service"] = self.service(name, namespace, manifest["metadata"]["labels"])
+        return plan
 
     # --- contract -------------------------------------------------------------------------
-    def submit(self, bundle: Bundle, job: RemoteJob, resources: ResourceSpec) -> Submission:
+    def submit(
+        self, bundle: Bundle, job: base.RemoteJob, resources: base.ResourceSpec
+    ) -> base.Submission:
         extra = resources.extra
         kubeconfig, context = extra.get("kubeconfig"), extra.get("context")
         name = job_name_for(job.idempotency_key)
         archive = pack_bundle(bundle)
         digest = hashlib.sha256(archive).hexdigest()
         job.directory.mkdir(parents=True, exist_ok=True)
-        if not extra.get("bundle_url") and len(archive) + len(BOOTSTRAP) > CONFIGMAP_LIMIT:
-            path = job.directory / "bundle.tar.gz"
+        if not extra.get("bundle_url") and len(archive) + len(launcher_source()) > CONFIGMAP_LIMIT:
+            path = job.files.scratch("bundle.tar.gz")
             path.write_bytes(archive)
             raise ConfigurationError(
                 f"the bundle is {len(archive) / 2**20:.1f} MiB compressed; a Kubernetes "
@@ -384,7 +420,7 @@ class KubernetesBackend(Backend):
                 hint=f"upload {path} to object storage (S3, GCS, Azure Blob, MinIO...) and pass "
                 "--set bundle_url=URL (a presigned URL the pod can download)",
             )
-        client = _require_sdk()
+        client = self.sdk("kubernetes.client")
         api = self.api_client(kubeconfig, context)
         namespace = self._namespace(extra, kubeconfig, context)
         batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
@@ -396,21 +432,35 @@ class KubernetesBackend(Backend):
         else:
             configmap["binaryData"] = {"bundle.tar.gz": base64.b64encode(archive).decode()}
 
+        service = None
+        if resources.nodes > 1:
+            service = self.service(name, namespace, manifest["metadata"]["labels"])
+        # the ConfigMap (and Service) first: a Job whose ConfigMap failed would wait forever
+        self._create(lambda: core.create_namespaced_config_map(namespace, configmap))
+        if service is not None:
+            self._create(lambda: core.create_namespaced_service(namespace, service))
         created_job = self._create(lambda: batch.create_namespaced_job(namespace, manifest))
         if created_job is None:  # 409: a previous try (or run) already created it
             created_job = self._call(lambda: batch.read_namespaced_job(name, namespace))
         uid = created_job.metadata.uid
-        if uid:
-            configmap["metadata"]["ownerReferences"] = [
-                {
-                    "apiVersion": "batch/v1",
-                    "kind": "Job",
-                    "name": name,
-                    "uid": uid,
-                    "blockOwnerDeletion": False,
-                }
-            ]
-        self._create(lambda: core.create_namespaced_config_map(namespace, configmap))
+        if uid:  # the ConfigMap (and Service) go when their Job goes
+            owner = {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "name": name,
+                "uid": uid,
+                "blockOwnerDeletion": False,
+            }
+            patch = {"metadata": {"ownerReferences": [owner]}}
+            self.call(
+                "making the ConfigMap the Job's",
+                lambda: core.patch_namespaced_config_map(name, namespace, patch),
+            )
+            if service is not None:
+                self.call(
+                    "making the Service the Job's",
+                    lambda: core.patch_namespaced_service(name, namespace, patch),
+                )
         details = {
             "job_name": name,
             "namespace": namespace,
@@ -418,13 +468,16 @@ class KubernetesBackend(Backend):
             "image": manifest["spec"]["template"]["spec"]["containers"][0]["image"],
             "bundle_sha256": digest,
         }
+        if service is not None:
+            details["nodes"] = resources.nodes
+            details["service"] = name
         if kubeconfig:
             details["kubeconfig"] = str(kubeconfig)
         if context:
             details["context"] = str(context)
         if extra.get("scheduler"):
             details["scheduler"] = str(extra["scheduler"])
-        return Submission(f"{namespace}/{name}", details)
+        return base.Submission(f"{namespace}/{name}", details)
 
     def _create(self, func: Callable[[], Any]) -> Any:
         """Create an object; None when it already exists (409), so retries never duplicate."""
@@ -438,53 +491,56 @@ class KubernetesBackend(Backend):
                     return None
                 raise
 
-        return self._call(attempt)
+        return self.call("Kubernetes", attempt)
 
     def _call(self, func: Callable[[], Any]) -> Any:
-        try:
-            return call_with_retries(func, _is_transient)
-        except Exception as exc:
-            raise _platform_error(exc) from None
+        return self.call("Kubernetes", func)
 
-    def status(self, job: RemoteJob) -> RemoteStatus:
+    def status(self, job: base.RemoteJob) -> base.RemoteStatus:
         from kubernetes.client.rest import ApiException
 
         batch, core, namespace, name = self._apis(job)
-        try:
-            remote = call_with_retries(
-                lambda: batch.read_namespaced_job(name, namespace), _is_transient
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise _platform_error(exc) from None
+
+        def read() -> Any:
+            try:
+                return batch.read_namespaced_job(name, namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+        remote = self._call(read)
+        if remote is None:
             remembered = self._remembered(job)
             if remembered is not None:
                 return remembered
-            if (job.directory / "cancel_requested").exists():
-                return RemoteStatus(CANCELLED, message="cancelled (the Job was deleted)")
-            return RemoteStatus(
-                UNKNOWN, message=f"Job {namespace}/{name} no longer exists (deleted or expired)"
+            if job.files.cancel_requested.exists():
+                return base.RemoteStatus(State.CANCELLED, message="cancelled (the Job was deleted)")
+            return base.RemoteStatus(
+                State.UNKNOWN,
+                message=f"Job {namespace}/{name} no longer exists (deleted or expired)",
             )
-        except Exception as exc:
-            raise _platform_error(exc) from None
         state = self._job_state(remote, core, namespace, name, job)
         if state.is_terminal:
             self._remember(job, state)
         return state
 
-    def _job_state(self, remote: Any, core: Any, namespace: str, name: str, job: RemoteJob):
+    def _job_state(self, remote: Any, core: Any, namespace: str, name: str, job: base.RemoteJob):
         meta, status = remote.metadata, remote.status
         if meta is not None and meta.deletion_timestamp:
-            return RemoteStatus(CANCELLED, message="cancelled (the Job is being deleted)")
+            return base.RemoteStatus(
+                State.CANCELLED, message="cancelled (the Job is being deleted)"
+            )
         conditions = {c.type: c for c in (status.conditions or []) if c.status == "True"}
-        if "Complete" in conditions or (status.succeeded or 0) > 0:
-            return RemoteStatus(SUCCEEDED, 0)
+        completions = (remote.spec.completions if remote.spec else None) or 1
+        if "Complete" in conditions or (status.succeeded or 0) >= completions:
+            return base.RemoteStatus(State.SUCCEEDED, 0)
         failed = conditions.get("Failed") or conditions.get("FailureTarget")
         if failed is not None or (status.failed or 0) > 0:
             reason = failed.reason if failed is not None else None
             if reason == "DeadlineExceeded":
-                return RemoteStatus(
-                    FAILED,
+                return base.RemoteStatus(
+                    State.FAILED,
                     None,
                     "stopped at its time limit (activeDeadlineSeconds)",
                     timed_out=True,
@@ -492,142 +548,91 @@ class KubernetesBackend(Backend):
             code, detail = self._container_end(core, namespace, name)
             if code is None and not detail:
                 detail = (failed.message if failed is not None else None) or "the pod failed"
-            return RemoteStatus(FAILED, code, detail or f"exited with code {code}")
+            return base.RemoteStatus(State.FAILED, code, detail or f"exited with code {code}")
         if "Suspended" in conditions:
-            return RemoteStatus(PENDING, message="suspended (waiting in a queue)")
+            return base.RemoteStatus(State.PENDING, message="suspended (waiting in a queue)")
         pod = self._pod(core, namespace, name)
         if pod is None:
-            return RemoteStatus(PENDING, message="waiting for a pod")
+            return base.RemoteStatus(State.PENDING, message="waiting for a pod")
         return self._pod_state(pod)
 
     @staticmethod
-    def _pod_state(pod: Any) -> RemoteStatus:
+    def _pod_state(pod: Any) -> base.RemoteStatus:
         phase = pod.status.phase if pod.status else None
         if phase == "Running":
-            return RemoteStatus(RUNNING, message="running")
+            return base.RemoteStatus(State.RUNNING, message="running")
         for condition in (pod.status.conditions if pod.status else None) or []:
             if condition.type == "PodScheduled" and condition.status == "False":
                 why = condition.message or condition.reason or "no node fits yet"
-                return RemoteStatus(PENDING, message=f"unschedulable: {why}")
+                return base.RemoteStatus(State.PENDING, message=f"unschedulable: {why}")
         for container in (pod.status.container_statuses if pod.status else None) or []:
             waiting = container.state.waiting if container.state else None
             if waiting is not None and waiting.reason:
                 text = waiting.reason + (f": {waiting.message}" if waiting.message else "")
-                return RemoteStatus(PENDING, message=text)
+                return base.RemoteStatus(State.PENDING, message=text)
         if phase in ("Succeeded", "Failed"):
-            return RemoteStatus(RUNNING, message="finishing")
-        return RemoteStatus(PENDING, message=f"pod {phase or 'Pending'}")
+            return base.RemoteStatus(State.RUNNING, message="finishing")
+        return base.RemoteStatus(State.PENDING, message=f"pod {phase or 'Pending'}")
+
+    def _pods(self, core: Any, namespace: str, name: str) -> list[Any]:
+        """The Job's pods, oldest first."""
+        pods = self._call(
+            lambda: core.list_namespaced_pod(namespace, label_selector=f"job-name={name}")
+        )
+        return sorted(pods.items or [], key=lambda p: str(p.metadata.creation_timestamp or ""))
 
     def _pod(self, core: Any, namespace: str, name: str) -> Any:
-        pods = call_with_retries(
-            lambda: core.list_namespaced_pod(namespace, label_selector=f"job-name={name}"),
-            _is_transient,
-        )
-        items = sorted(
-            pods.items or [],
-            key=lambda p: str(p.metadata.creation_timestamp or ""),
-        )
-        return items[-1] if items else None
+        """The pod whose log is the job's: the newest, of index 0 in an Indexed Job (the node
+        of rank 0, which prints the events and the outputs)."""
+        items = self._pods(core, namespace, name)
+        first = [p for p in items if pod_index(p) in (None, 0)]
+        return (first or items)[-1] if items else None
 
     def _container_end(self, core: Any, namespace: str, name: str) -> tuple[int | None, str]:
+        """The exit code and words of the pod that failed first (of several nodes: which
+        one), else of the job's pod."""
         with contextlib.suppress(Exception):
-            pod = self._pod(core, namespace, name)
-            for container in (pod.status.container_statuses if pod else None) or []:
-                terminated = container.state.terminated if container.state else None
-                if terminated is not None:
-                    code = terminated.exit_code
-                    reason = terminated.reason or ""
-                    if reason == "OOMKilled":
-                        return code, "OOMKilled: the container ran out of memory"
-                    message = terminated.message or ""
-                    text = f"exited with code {code}" + (f" ({reason})" if reason else "")
-                    return code, text + (f": {message}" if message else "")
+            items = self._pods(core, namespace, name)
+            ended = [(p, t) for p in items for t in _terminated(p)]
+            # the root cause first: a pod that ended by itself (not stopped by the Job
+            # controller, 137/143) and earliest, then by index
+            failed = sorted(
+                ((p, t) for p, t in ended if t.exit_code),
+                key=lambda pt: (
+                    pt[1].exit_code in (137, 143) and pt[1].reason != "OOMKilled",
+                    str(pt[1].finished_at or ""),
+                    pod_index(pt[0]) or 0,
+                ),
+            )
+            several = any(pod_index(p) is not None for p in items)
+            pod, terminated = (failed or ended or [(None, None)])[0]
+            if terminated is not None:
+                code = terminated.exit_code
+                reason = terminated.reason or ""
+                where = f"node {pod_index(pod)} (pod {pod.metadata.name}) " if several else ""
+                if reason == "OOMKilled":
+                    return code, f"{where}OOMKilled: the container ran out of memory"
+                message = terminated.message or ""
+                text = f"{where}exited with code {code}" + (f" ({reason})" if reason else "")
+                return code, text + (f": {message}" if message else "")
         return None, ""
 
     @staticmethod
-    def _remember(job: RemoteJob, state: RemoteStatus) -> None:
+    def _remember(job: base.RemoteJob, state: base.RemoteStatus) -> None:
         with contextlib.suppress(OSError):
-            job.directory.mkdir(parents=True, exist_ok=True)
-            record = {
-                "state": state.state,
-                "exit_code": state.exit_code,
-                "message": state.message,
-                "timed_out": state.timed_out,
-            }
-            (job.directory / "remote_status.json").write_text(json.dumps(record))
+            job.files.write_json(job.files.final_status, state.record())
 
     @staticmethod
-    def _remembered(job: RemoteJob) -> RemoteStatus | None:
-        try:
-            record = json.loads((job.directory / "remote_status.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return RemoteStatus(
-            record["state"], record.get("exit_code"), record.get("message"), record["timed_out"]
-        )
+    def _remembered(job: base.RemoteJob) -> base.RemoteStatus | None:
+        return base.RemoteStatus.from_record(job.files.read_json(job.files.final_status))
 
-    def events(self, job: RemoteJob, *, follow: bool = True) -> Iterator[StreamItem]:
-        _batch, core, namespace, name = self._apis(job)
-        mirror = LogMirror(job.directory)
-        seen = 0  # log lines read so far (a reconnect replays the log from its start)
-        artifact_lines: list[str] = []
-        last_message = None
-        while True:
-            state = self.status(job)
-            if state.message != last_message and not state.is_terminal:
-                last_message = state.message
-                yield Event("status", {"state": state.state, "message": state.message})
-            pod = (
-                None if state.state == PENDING else _quiet(lambda: self._pod(core, namespace, name))
-            )
-            if pod is not None:
-                count = 0
-                for line in self._log_lines(
-                    core, namespace, pod.metadata.name, follow and not state.is_terminal
-                ):
-                    if line is None:
-                        yield None
-                        continue
-                    count += 1
-                    if count <= seen:
-                        continue
-                    seen = count
-                    if line.startswith(ARTIFACT_MARK):
-                        artifact_lines.append(line)
-                        continue
-                    mirror.add(line, seen)
-                    yield parse_line(line)
-            if state.is_terminal:
-                if seen == 0:  # the pod and its log are gone: what this machine kept of it
-                    for line, stream in mirror.lines():
-                        yield parse_line(line, stream)
-                if state.state == SUCCEEDED:
-                    yield from self._bring_back(job, artifact_lines)
-                return
-            if not follow:
-                return
-            deadline = time.monotonic() + (self.poll_seconds if pod is None else 0.2)
-            while time.monotonic() < deadline:
-                yield None
-                time.sleep(min(self.heartbeat_seconds, max(0.0, deadline - time.monotonic())))
+    def look(self, job: base.RemoteJob) -> Look:
+        state = self.status(job)
+        announce = None if state.is_terminal else state.message
+        return Look(state, str(state.message), announce, {"state": state.state})
 
-    @staticmethod
-    def _bring_back(job: RemoteJob, lines: list[str]) -> Iterator[StreamItem]:
-        """Unpack the artifacts printed into the log into the job's ``bundle/output`` (once),
-        so the finished run loads like a local one."""
-        marker = job.directory / "artifacts_fetched"
-        if not lines or marker.exists() or not job.directory.is_dir():
-            return
-        output = job.directory / "bundle" / "output"
-        files = decode_artifacts(lines, output)
-        skipped = [
-            line.split(" ")[1] for line in lines if line.startswith(f"{ARTIFACT_MARK}-skipped")
-        ]
-        marker.write_text(json.dumps({name: str(path) for name, path in files.items()}))
-        text = f"artifacts brought back to {output}: {', '.join(sorted(files)) or 'none'}"
-        if skipped:
-            text += f" (too big for the log: {', '.join(skipped)}; see --set output_pvc)"
-        yield Event("status", {"message": text})
+    def log_reader(self, job: base.RemoteJob) -> LogReader:
+        return _PodLog(self, job)
 
     def _log_lines(self, core: Any, namespace: str, pod: str, follow: bool) -> Iterator[str | None]:
         """The pod's log lines; with ``follow``, ``None`` heartbeats while none arrive."""
@@ -640,11 +645,11 @@ class KubernetesBackend(Backend):
         except ApiException as exc:
             if exc.status in (400, 404):  # container not started yet, or the pod is gone
                 return
-            raise _platform_error(exc) from None
+            raise FAULTS.translate(exc, "reading the pod log") from None
         except Exception as exc:
-            if _is_transient(exc):
+            if FAULTS.is_transient(exc):
                 return
-            raise _platform_error(exc) from None
+            raise FAULTS.translate(exc, "reading the pod log") from None
         try:
             yield from _pumped(_chunks_to_lines(_stream(response)), self.heartbeat_seconds)
         finally:
@@ -652,83 +657,77 @@ class KubernetesBackend(Backend):
                 response.close()
                 response.release_conn()
 
-    def cancel(self, job: RemoteJob) -> None:
-        batch, _core, namespace, name = self._apis(job)
+    def cancel(self, job: base.RemoteJob) -> None:
+        batch, core, namespace, name = self._apis(job)
         from kubernetes.client.rest import ApiException
 
-        job.directory.mkdir(parents=True, exist_ok=True)
-        (job.directory / "cancel_requested").touch()
+        job.files.mark(job.files.cancel_requested)
 
-        def delete() -> None:
-            try:
-                batch.delete_namespaced_job(
+        def gone(func: Callable[[], Any]) -> Callable[[], None]:
+            def delete() -> None:
+                try:
+                    func()
+                except ApiException as exc:
+                    if exc.status != 404:  # already gone: fine
+                        raise
+
+            return delete
+
+        # the Job first, in the foreground: every pod (every node's ranks) stops with it
+        self._call(
+            gone(
+                lambda: batch.delete_namespaced_job(
                     name, namespace, propagation_policy="Foreground", grace_period_seconds=30
                 )
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-
-        self._call(delete)
-        self._remember(job, RemoteStatus(CANCELLED, message="cancelled"))
-
-    def fetch_artifacts(self, job: RemoteJob, destination: Path) -> dict[str, Path]:
-        """Decode the output files the bootstrap printed into the pod log (while the pod
-        exists) into ``destination``."""
-        from kubernetes.client.rest import ApiException
-
-        _batch, core, namespace, name = self._apis(job)
-        pod = self._call(lambda: self._pod(core, namespace, name))
-        if pod is None:
-            raise JobError(
-                f"the pod of {namespace}/{name} is gone, and its log with the artifacts",
-                job_id=job.id,
-                hint="raise --set ttl_seconds, or keep outputs on a volume with "
-                "--set output_pvc=CLAIM",
             )
-        try:
-            text = call_with_retries(
-                lambda: core.read_namespaced_pod_log(pod.metadata.name, namespace),
-                _is_transient,
-            )
-        except ApiException as exc:
-            raise _platform_error(exc) from None
-        return decode_artifacts(str(text).splitlines(), destination)
+        )
+        if job.details.get("service"):
+            self._call(gone(lambda: core.delete_namespaced_service(name, namespace)))
+        self._call(gone(lambda: core.delete_namespaced_config_map(name, namespace)))
+        self._remember(job, base.RemoteStatus(State.CANCELLED, message="cancelled"))
 
-    def estimate_cost(self, resources: ResourceSpec) -> CostEstimate | None:
+    def fetch_artifacts(self, job: base.RemoteJob, destination: Path) -> dict[str, Path]:
+        """Decode the output files the launcher printed into the pod log (the lines a stream
+        of this process kept, else the log of the pod, while it exists) into ``destination``."""
+        lines = self._artifact_lines.pop(job.id, None)
+        if lines is None:
+            _batch, core, namespace, name = self._apis(job)
+            pod = self._call(lambda: self._pod(core, namespace, name))
+            if pod is None:
+                raise JobError(
+                    f"the pod of {namespace}/{name} is gone, and its log with the artifacts",
+                    job_id=job.id,
+                    hint="raise --set ttl_seconds, or keep outputs on a volume with "
+                    "--set output_pvc=CLAIM",
+                )
+            text = self._call(lambda: core.read_namespaced_pod_log(pod.metadata.name, namespace))
+            lines = str(text).splitlines()
+        return decode_artifacts(lines, destination)
+
+    def estimate_cost(self, resources: base.ResourceSpec) -> base.CostEstimate | None:
         return None  # the cluster's own cost; nothing is billed per job here
 
     def check_credentials(self) -> None:
         return None  # the API server's answer (401/403, with its message) says it at submit
 
 
-def decode_artifacts(lines: Iterable[str], destination: Path) -> dict[str, Path]:
-    """Rebuild the files of ``##neural-artifact`` log lines under ``destination`` (each one's
-    SHA-256 checked); artifact name (``weights``, ``history``...) -> path."""
-    files: dict[str, dict[str, Any]] = {}
-    for line in lines:
-        if not line.startswith(ARTIFACT_MARK):
-            continue
-        tag, _, rest = line.partition(" ")
-        if tag == f"{ARTIFACT_MARK}-begin":
-            path, size, digest = rest.split(" ")
-            files[path] = {"size": int(size), "sha256": digest, "parts": [], "done": False}
-        elif tag == ARTIFACT_MARK:
-            path, _, chunk = rest.partition(" ")
-            if path in files:
-                files[path]["parts"].append(base64.b64decode(chunk))
-        elif tag == f"{ARTIFACT_MARK}-end" and rest in files:
-            files[rest]["done"] = True
-    found: dict[str, Path] = {}
-    for path, record in files.items():
-        blob = b"".join(record["parts"])
-        if not record["done"] or hashlib.sha256(blob).hexdigest() != record["sha256"]:
-            continue
-        filename = Path(path).name
-        target = destination / filename
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(blob)
-        found[ARTIFACT_NAMES.get(filename, filename)] = target
-    return found
+def master_address(name: str, namespace: str) -> str:
+    """Index 0's pod of the Indexed Job ``name`` by its DNS name (the headless Service)."""
+    return f"{name}-0.{name}.{namespace}.svc"
+
+
+def pod_index(pod: Any) -> int | None:
+    """An Indexed Job pod's completion index (label, or annotation before Kubernetes 1.28)."""
+    meta = pod.metadata
+    for found in ((meta.labels or {}).get(INDEX_LABEL), (meta.annotations or {}).get(INDEX_LABEL)):
+        if found is not None and str(found).isdigit():
+            return int(found)
+    return None
+
+
+def _terminated(pod: Any) -> list[Any]:
+    statuses = (pod.status.container_statuses if pod.status else None) or []
+    return [c.state.terminated for c in statuses if c.state and c.state.terminated]
 
 
 def _register_credentials(api: Any) -> None:
@@ -792,68 +791,69 @@ def _quiet(func: Callable[[], Any]) -> Any:
     try:
         return func()
     except Exception as exc:
-        if _is_transient(exc):
+        if FAULTS.is_transient(exc):
             return None
-        raise _platform_error(exc) from None
+        raise FAULTS.translate(exc, "Kubernetes") from None
 
 
-def _is_transient(exc: BaseException) -> bool:
-    from kubernetes.client.rest import ApiException
+class _PodLog(LogReader):
+    """The pod's log, followed while it runs (heartbeats while quiet), counted so that a
+    reconnect (which replays from the start) yields nothing twice; the artifact lines the
+    launcher prints at the end are kept aside for ``fetch_artifacts``."""
 
-    if isinstance(exc, ApiException):
-        return exc.status in TRANSIENT_HTTP_STATUS
-    try:
-        import urllib3
-    except ImportError:  # pragma: no cover
-        return isinstance(exc, (ConnectionError, TimeoutError))
-    return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
+    def __init__(self, backend: KubernetesBackend, job: base.RemoteJob) -> None:
+        self.backend = backend
+        self.job = job
+        _batch, self.core, self.namespace, self.name = backend._apis(job)
+        self.mirror = LogMirror(job.directory)
+        self.seen = 0
+        self.pod: Any = None
+        self.artifacts: list[str] = []
 
-
-def _status_message(exc: Any) -> str:
-    """The API server's own message from a ``Status`` body (else the HTTP reason)."""
-    body = getattr(exc, "body", None)
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", errors="replace")
-    if body:
-        with contextlib.suppress(ValueError, AttributeError):
-            message = json.loads(body).get("message")
-            if message:
-                return str(message)
-        return str(body)[:500]
-    return str(getattr(exc, "reason", "") or exc)
-
-
-def _platform_error(exc: BaseException) -> Exception:
-    if isinstance(exc, PlatformError | ConfigurationError | JobError):
-        return exc
-    from kubernetes.client.rest import ApiException
-
-    if isinstance(exc, ApiException):
-        message = _status_message(exc)
-        status = exc.status
-        if status in (401, 403) and "exceeded quota" in message:
-            return QuotaError(message, platform=PLATFORM, response=f"HTTP {status}")
-        if status == 401:
-            return PlatformAuthError(
-                message,
-                platform=PLATFORM,
-                response="HTTP 401",
-                hint="the cluster did not accept the kubeconfig's credentials (expired token?)",
-            )
-        if status == 403:
-            return PlatformAuthError(
-                message,
-                platform=PLATFORM,
-                response="HTTP 403",
-                hint="the account needs create/get/list/delete on jobs.batch and configmaps, "
-                "get/list on pods and pods/log in the namespace (docs/platforms/kubernetes.md)",
-            )
-        if status in TRANSIENT_HTTP_STATUS:
-            return PlatformConnectionError(message, platform=PLATFORM, response=f"HTTP {status}")
-        return PlatformError(message, platform=PLATFORM, response=f"HTTP {status}")
-    if _is_transient(exc):
-        return PlatformConnectionError(
-            f"the Kubernetes API server could not be reached: {type(exc).__name__}: {exc}",
-            platform=PLATFORM,
+    def read(self, look: Look, follow: bool) -> Iterator[base.StreamItem]:
+        state = look.status
+        self.pod = (
+            None
+            if state.state == State.PENDING
+            else _quiet(lambda: self.backend._pod(self.core, self.namespace, self.name))
         )
-    return PlatformError(f"{type(exc).__name__}: {exc}", platform=PLATFORM)
+        if self.pod is None:
+            return
+        count = 0
+        lines = self.backend._log_lines(
+            self.core, self.namespace, self.pod.metadata.name, follow and not state.is_terminal
+        )
+        for line in lines:
+            if line is None:
+                yield None
+                continue
+            count += 1
+            if count <= self.seen:
+                continue
+            self.seen = count
+            if line.startswith(ARTIFACT_MARK):
+                self.artifacts.append(line)
+                continue
+            self.mirror.add(line, self.seen)
+            yield parse_line(line)
+
+    def pause(self, look: Look, seconds: float, step: float) -> Iterator[base.StreamItem]:
+        return base.heartbeats(seconds if self.pod is None else 0.2, step)
+
+    def finish(self, look: Look) -> Iterator[base.StreamItem]:
+        if not look.status.is_terminal:
+            return
+        if self.seen == 0:  # the pod and its log are gone: what this machine kept of it
+            for line, stream in self.mirror.lines():
+                yield parse_line(line, stream)
+        if self.artifacts:
+            self.backend._artifact_lines[self.job.id] = self.artifacts
+        skipped = [
+            unquote(line.split(" ")[1])
+            for line in self.artifacts
+            if line.startswith(f"{ARTIFACT_MARK}-skipped")
+        ]
+        if skipped:
+            yield base.status_event(
+                f"outputs too big for the log: {', '.join(skipped)} (see --set output_pvc)"
+            )

@@ -1,12 +1,13 @@
 """Amazon SageMaker training jobs, through boto3 only (no ``sagemaker`` SDK).
 
-``submit`` packs the bundle into ``source.tar.gz`` (plus a small entry point, see
-``ENTRY_SCRIPT``), uploads it to ``s3://BUCKET/neural-jupyter/JOB/source.tar.gz`` and calls
-``CreateTrainingJob`` with AWS's prebuilt PyTorch image in script mode. ``events`` follows
-``DescribeTrainingJob`` (each secondary status becomes a ``status`` event) and the job's
-CloudWatch log streams (each line parsed with the event protocol). When the job completes,
-``model.tar.gz`` is brought back into the job's ``bundle/output`` so ``TrainingRun`` works as
-for a local run.
+``submit`` packs the bundle (its ``launcher.py`` is the entry point, see ``runtime/launcher.py``)
+into ``source.tar.gz``, uploads it to ``s3://BUCKET/neural-jupyter/JOB/source.tar.gz`` and calls
+``CreateTrainingJob`` with AWS's prebuilt PyTorch image (``image_tables/sagemaker.json``) in
+script mode. ``events`` follows ``DescribeTrainingJob`` (each secondary status becomes a
+``status`` event) and the job's CloudWatch log streams (each line parsed with the event
+protocol). When the job ends, ``model.tar.gz`` (everything the job wrote to ``output/``,
+which the launcher links to ``SM_MODEL_DIR``) is brought back into the job's
+``bundle/output`` so ``TrainingRun`` and user-code results work as for a local run.
 
 Configuration (first match wins):
 
@@ -19,14 +20,11 @@ Configuration (first match wins):
   (``..._SAGEMAKER``, ``..._S3``, ``..._CLOUDWATCH_LOGS``, ``..._STS``, or ``AWS_ENDPOINT_URL``
   for all); ``NEURAL_JUPYTER_SAGEMAKER_ENDPOINT`` is an alias for the SageMaker one.
 
-Credentials come only from boto3's credential chain. They are never read into a request,
-a bundle, the job store or a message; their values are registered with the redaction filter
-so that nothing shown can contain them.
-
-Retries: our own (``retry.call_with_retries``: 3 tries, throttling/5xx/connection errors
-only); botocore's built-in retries are switched off so a create is never repeated behind our
-back. The training job's name is derived from the idempotency key, so a retried create that
-finds the job already there (``ResourceInUse``) is the job we started, never a second one.
+Credentials come only from boto3's credential chain; their values are registered with the
+redaction filter. Retries are ours (``retry``); botocore's are switched off so a create is
+never repeated behind our back. The training job's name is derived from the idempotency key,
+so a retried create that finds the job already there (``ResourceInUse``) is the job we
+started, never a second one.
 """
 
 from __future__ import annotations
@@ -35,7 +33,6 @@ import contextlib
 import dataclasses
 import gzip
 import hashlib
-import io
 import json
 import logging
 import math
@@ -45,43 +42,24 @@ import shutil
 import tarfile
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
-from neural_jupyter.backends.base import (
-    CANCELLED,
-    FAILED,
-    PENDING,
-    RUNNING,
-    SUCCEEDED,
-    UNKNOWN,
-    Backend,
-    CostEstimate,
-    RemoteJob,
-    RemoteStatus,
-    ResourceSpec,
-    StreamItem,
-    Submission,
-)
-from neural_jupyter.backends.retry import TRANSIENT_HTTP_STATUS, call_with_retries
+from neural_jupyter.backends import base, retry
+from neural_jupyter.backends.base import State
+from neural_jupyter.backends.log_mirror import LogMirror
+from neural_jupyter.backends.remote import LogReader, Look, RemotePlatform, StateTable
 from neural_jupyter.backends.sagemaker_images import instance_family, training_image
 from neural_jupyter.dsl.suggest import did_you_mean
-from neural_jupyter.errors import (
-    ConfigurationError,
-    MissingDependencyError,
-    PlatformAuthError,
-    PlatformConnectionError,
-    PlatformError,
-    QuotaError,
-)
-from neural_jupyter.redaction import redact, register_secret
-from neural_jupyter.runtime.bundle import BUNDLE_FILES, Bundle
+from neural_jupyter.errors import ConfigurationError, PlatformAuthError, PlatformError
+from neural_jupyter.pricing import estimate, instance_types, lookup
+from neural_jupyter.redaction import register_secret
+from neural_jupyter.runtime.bundle import LAUNCHER, Bundle
 from neural_jupyter.runtime.events import Event, LogLine, parse_line
+from neural_jupyter.runtime.jobdir import artifact_name, output_target
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 PLATFORM = "sagemaker"
@@ -94,19 +72,17 @@ ENV_POLL = "NEURAL_JUPYTER_SAGEMAKER_POLL_SECONDS"
 S3_PREFIX = "neural-jupyter"
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 PRIMARY_HOST = "algo-1"
-ENTRY_POINT = "neural_jupyter_entry.py"
+ENTRY_POINT = LAUNCHER  # script mode runs the bundle's launcher.py
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 DEFAULT_CPU_INSTANCE = "ml.m5.xlarge"
 DEFAULT_MAX_RUNTIME_HOURS = 24.0
 MAX_RUNTIME_LIMIT = 28 * 24 * 3600  # SageMaker's ceiling for MaxRuntime/MaxWaitTime
 DEFAULT_VOLUME_GB = 30
-POLL_SECONDS = 5.0
-HEARTBEAT_SECONDS = 0.25
 JOB_NAME_MAX = 63
-ARTIFACTS_MARKER = "sagemaker-artifacts.json"
 
-# Files of the bundle the container does not need: the PyTorch image already has numpy and
-# torch, and a requirements.txt would make the container run pip at start-up.
+# Files of the bundle the container must not see: SageMaker's training toolkit would
+# pip-install a requirements.txt at start-up, over the image's own torch build. A user-code
+# bundle's requirements are installed by the launcher instead (job.json lists them).
 SKIPPED_FOR_PYTORCH = frozenset({"requirements.txt"})
 
 # Extra settings (``--set KEY=VALUE`` / ``extra={...}``) this backend understands.
@@ -120,51 +96,31 @@ EXTRA_KEYS = {
 }
 
 # (TrainingJobStatus, SecondaryStatus) -> our state; "*" stands for any secondary status.
-STATE_TABLE: dict[tuple[str, str], str] = {
-    ("InProgress", "Starting"): PENDING,
-    ("InProgress", "Pending"): PENDING,
-    ("InProgress", "LaunchingMLInstances"): PENDING,
-    ("InProgress", "PreparingTrainingStack"): PENDING,
-    ("InProgress", "Downloading"): PENDING,
-    ("InProgress", "DownloadingTrainingImage"): PENDING,
-    ("InProgress", "Interrupted"): PENDING,  # spot capacity reclaimed; waits to restart
-    ("InProgress", "Restarting"): PENDING,
-    ("InProgress", "Training"): RUNNING,
-    ("InProgress", "Uploading"): RUNNING,
-    ("InProgress", "Updating"): RUNNING,
-    ("InProgress", "*"): RUNNING,
-    ("Stopping", "*"): RUNNING,  # still billed until it is Stopped
-    ("Completed", "*"): SUCCEEDED,
-    ("Failed", "*"): FAILED,
-    ("Stopped", "MaxRuntimeExceeded"): FAILED,
-    ("Stopped", "MaxWaitTimeExceeded"): FAILED,
-    ("Stopped", "*"): CANCELLED,
-    ("Deleting", "*"): UNKNOWN,
-}
-TIMED_OUT_STATUSES = frozenset({"MaxRuntimeExceeded", "MaxWaitTimeExceeded"})
-
-TRANSIENT_CODES = frozenset(
+STATE_TABLE = StateTable(
     {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "ProvisionedThroughputExceededException",
-        "SlowDown",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "InternalFailure",
-        "InternalError",
-        "InternalServerError",
-        "InternalServerException",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "PriorRequestNotComplete",
+        ("InProgress", "Starting"): State.PENDING,
+        ("InProgress", "Pending"): State.PENDING,
+        ("InProgress", "LaunchingMLInstances"): State.PENDING,
+        ("InProgress", "PreparingTrainingStack"): State.PENDING,
+        ("InProgress", "Downloading"): State.PENDING,
+        ("InProgress", "DownloadingTrainingImage"): State.PENDING,
+        ("InProgress", "Interrupted"): State.PENDING,  # spot capacity reclaimed; waits to restart
+        ("InProgress", "Restarting"): State.PENDING,
+        ("InProgress", "Training"): State.RUNNING,
+        ("InProgress", "Uploading"): State.RUNNING,
+        ("InProgress", "Updating"): State.RUNNING,
+        ("InProgress", "*"): State.RUNNING,
+        ("Stopping", "*"): State.RUNNING,  # still billed until it is Stopped
+        ("Completed", "*"): State.SUCCEEDED,
+        ("Failed", "*"): State.FAILED,
+        ("Stopped", "MaxRuntimeExceeded"): State.FAILED,
+        ("Stopped", "MaxWaitTimeExceeded"): State.FAILED,
+        ("Stopped", "*"): State.CANCELLED,
+        ("Deleting", "*"): State.UNKNOWN,
     }
 )
+TIMED_OUT_STATUSES = frozenset({"MaxRuntimeExceeded", "MaxWaitTimeExceeded"})
+
 AUTH_CODES = frozenset(
     {
         "AccessDenied",
@@ -185,86 +141,117 @@ AUTH_CODES = frozenset(
         "403",
     }
 )
-QUOTA_CODES = frozenset({"ResourceLimitExceeded", "ServiceQuotaExceededException"})
 EXISTS_CODES = frozenset({"ResourceInUse", "ConflictException"})
 NOT_FOUND_CODES = frozenset({"ResourceNotFound", "ResourceNotFoundException"})
-
 METRIC_NAMES = ("loss", "accuracy", "val_loss", "val_accuracy")
-
-# The entry point SageMaker runs (HyperParameter sagemaker_program). It is added to the
-# uploaded source next to the unchanged generated train.py.
-ENTRY_SCRIPT = '''\
-"""SageMaker entry point added by neural-jupyter next to the job bundle.
-
-SageMaker's PyTorch image unpacks source.tar.gz into its code directory and runs this file
-there. It points the bundle's output directory (job.json "output_dir") at the directory
-SageMaker uploads as model.tar.gz (SM_MODEL_DIR, /opt/ml/model), or, for managed spot
-training (--neural_checkpoint_dir), at the checkpoint directory SageMaker keeps in sync with
-S3: then an interrupted job resumes from its last epoch, and the outputs are copied to
-SM_MODEL_DIR at the end. train.py itself runs unchanged.
-"""
-
-import argparse
-import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-from pathlib import Path
+DOCS = "see docs/platforms/sagemaker.md for the credentials and IAM permissions it needs"
+LOGIN = (
+    "run `aws configure` or `aws sso login`, set AWS_PROFILE, or set "
+    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--neural_checkpoint_dir", default="")
-    args, _ = parser.parse_known_args()
-    here = Path(__file__).resolve().parent
-    model_dir = Path(os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
-    checkpoint_dir = Path(args.neural_checkpoint_dir) if args.neural_checkpoint_dir else None
-    target = checkpoint_dir or model_dir
-    target.mkdir(parents=True, exist_ok=True)
-    job = json.loads((here / "job.json").read_text())
-    output = here / job.get("output_dir", "output")
-    if output.is_symlink():
-        output.unlink()
-    elif output.is_dir():
-        shutil.rmtree(output)
-    output.symlink_to(target, target_is_directory=True)
-    command = [sys.executable, "-u", str(here / "train.py"), "--job", str(here / "job.json")]
-    if checkpoint_dir is not None and (checkpoint_dir / "checkpoint.pt").exists():
-        print("resuming from the last checkpoint", file=sys.stderr, flush=True)
-        command.append("--resume")
-    child = subprocess.Popen(command, cwd=here)
-
-    def forward(signum, frame):
-        child.send_signal(signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, forward)
-    code = child.wait()
-    if checkpoint_dir is not None and checkpoint_dir.resolve() != model_dir.resolve():
-        model_dir.mkdir(parents=True, exist_ok=True)
-        for item in checkpoint_dir.iterdir():
-            if item.is_file():
-                shutil.copy2(item, model_dir / item.name)
-    return code
+def read_aws(exc: BaseException) -> retry.Failure:
+    """A botocore ``ClientError`` (code, message, HTTP status), or any other exception."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        error = response.get("Error") or {}
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        return retry.Failure(
+            exc, status, str(error.get("Code") or ""), str(error.get("Message") or "")
+        )
+    return retry.Failure(exc, message=f"{type(exc).__name__}: {exc}")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-'''
+FAULTS = retry.FaultPolicy(
+    PLATFORM,
+    "AWS",
+    read=read_aws,
+    auth_hint=DOCS,
+    rules=(
+        retry.Rule(retry.AUTH, codes=AUTH_CODES),
+        retry.Rule(
+            retry.QUOTA,
+            codes=("ResourceLimitExceeded", "ServiceQuotaExceededException"),
+            hint="ask for more in Service Quotas (SageMaker: '<instance> for training job "
+            "usage'), or pick another instance type or region",
+        ),
+        retry.Rule(
+            retry.UNAVAILABLE,
+            retry=True,
+            codes=(
+                "Throttling",
+                "ThrottlingException",
+                "ThrottledException",
+                "RequestThrottled",
+                "RequestThrottledException",
+                "TooManyRequestsException",
+                "RequestLimitExceeded",
+                "ProvisionedThroughputExceededException",
+                "SlowDown",
+                "ServiceUnavailable",
+                "ServiceUnavailableException",
+                "InternalFailure",
+                "InternalError",
+                "InternalServerError",
+                "InternalServerException",
+                "RequestTimeout",
+                "RequestTimeoutException",
+                "PriorRequestNotComplete",
+            ),
+        ),
+        retry.Rule(retry.UNAVAILABLE, statuses=retry.TRANSIENT_HTTP_STATUS, retry=True),
+        retry.Rule(
+            retry.AUTH,
+            types=(
+                "NoCredentialsError",
+                "PartialCredentialsError",
+                "CredentialRetrievalError",
+                "TokenRetrievalError",
+                "SSOTokenLoadError",
+                "UnauthorizedSSOTokenError",
+                "NoAuthTokenError",
+            ),
+            message="{action} failed: no usable AWS credentials ({text})",
+            hint=f"{LOGIN}; {DOCS}",
+        ),
+        retry.Rule(exact_types=("SSLError",)),  # a certificate problem does not heal by retrying
+        retry.Rule(retry.UNAVAILABLE, types=("ConnectionError", "HTTPClientError"), retry=True),
+    ),
+)
+
+
+def _code(exc: BaseException) -> tuple[str, str]:
+    failure = read_aws(exc)
+    return failure.code, failure.message
+
+
+def _already_exists(exc: BaseException) -> bool:
+    code, message = _code(exc)
+    lowered = message.lower()
+    return code in EXISTS_CODES or (
+        code == "ValidationException"
+        and ("already exists" in lowered or "must be unique" in lowered)
+    )
+
+
+def _not_found(exc: BaseException) -> bool:
+    code, message = _code(exc)
+    return code in NOT_FOUND_CODES or (
+        code == "ValidationException" and "not found" in message.lower()
+    )
+
+
+class TrainingJobNotFound(PlatformError):
+    """SageMaker has no training job of that name in that region."""
 
 
 # --- names and small helpers ------------------------------------------------------------------
 def job_name_for(idempotency_key: str) -> str:
     """The training job name for an idempotency key: stable, ≤ 63 chars of [a-zA-Z0-9-]."""
-    clean = re.sub(r"[^a-zA-Z0-9]+", "-", idempotency_key).strip("-")
-    name = f"nj-{clean}"
-    if len(name) <= JOB_NAME_MAX and clean == idempotency_key:
-        return name
-    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:12]
-    head = f"nj-{clean}"[: JOB_NAME_MAX - len(digest) - 1].rstrip("-")
-    return f"{head}-{digest}"
+    return base.name_for(
+        idempotency_key, JOB_NAME_MAX, allowed="a-zA-Z0-9", lower=False, exact=True
+    )
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -286,7 +273,7 @@ def state_of(description: Mapping[str, Any]) -> str:
     """Our state for a ``DescribeTrainingJob`` answer (see ``STATE_TABLE``)."""
     primary = str(description.get("TrainingJobStatus", ""))
     secondary = str(description.get("SecondaryStatus", ""))
-    return STATE_TABLE.get((primary, secondary)) or STATE_TABLE.get((primary, "*"), UNKNOWN)
+    return STATE_TABLE.state((primary, secondary), (primary, "*"))
 
 
 def _exit_code(reason: str | None) -> int | None:
@@ -313,13 +300,9 @@ def billing_from(description: Mapping[str, Any]) -> dict[str, Any]:
     }
     if spot and billable is not None and training:
         info["spot_savings"] = round(1.0 - billable / training, 4)
-    if billable is not None and instance:
-        from neural_jupyter.pricing import offers
-
-        for offer in offers():
-            if offer.platform == PLATFORM and offer.instance_type == instance:
-                # list price on demand: with spot the actual bill is lower still
-                info["list_price_usd"] = round(billable / 3600 * offer.hourly_usd * count, 4)
+    offer = lookup(PLATFORM, instance) if billable is not None and instance else None
+    if offer is not None:  # list price on demand: with spot the actual bill is lower still
+        info["list_price_usd"] = round(billable / 3600 * offer.hourly_usd * count, 4)
     return info
 
 
@@ -336,102 +319,6 @@ def billing_summary(info: Mapping[str, Any]) -> str | None:
             f"{info['training_seconds']} s training time"
         )
     return text
-
-
-# --- errors -----------------------------------------------------------------------------------
-def _error_code(exc: BaseException) -> tuple[str, str, int | None]:
-    response = getattr(exc, "response", None) or {}
-    error = response.get("Error") or {}
-    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-    return str(error.get("Code") or ""), str(error.get("Message") or ""), status
-
-
-def _is_client_error(exc: BaseException) -> bool:
-    return hasattr(exc, "response") and isinstance(getattr(exc, "response", None), dict)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Throttling, 5xx and connection faults: worth another try."""
-    if _is_client_error(exc):
-        code, _, status = _error_code(exc)
-        return code in TRANSIENT_CODES or (
-            status in TRANSIENT_HTTP_STATUS and code not in AUTH_CODES
-        )
-    try:
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-        from botocore.exceptions import HTTPClientError, SSLError
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(exc, (BotoConnectionError, HTTPClientError)) and not isinstance(exc, SSLError)
-
-
-def _already_exists(exc: BaseException) -> bool:
-    if not _is_client_error(exc):
-        return False
-    code, message, _ = _error_code(exc)
-    lowered = message.lower()
-    return code in EXISTS_CODES or (
-        code == "ValidationException"
-        and ("already exists" in lowered or "must be unique" in lowered)
-    )
-
-
-def _not_found(exc: BaseException) -> bool:
-    if not _is_client_error(exc):
-        return False
-    code, message, _ = _error_code(exc)
-    return code in NOT_FOUND_CODES or (
-        code == "ValidationException" and "not found" in message.lower()
-    )
-
-
-def platform_error(exc: BaseException, action: str) -> PlatformError:
-    """Our error for a boto3/botocore exception (auth, quota, connection, or the platform's)."""
-    docs = "see docs/platforms/sagemaker.md for the credentials and IAM permissions it needs"
-    if _is_client_error(exc):
-        code, message, status = _error_code(exc)
-        text = f"{action} failed: {code or status}: {message}".rstrip(": ")
-        if code in AUTH_CODES:
-            return PlatformAuthError(text, platform=PLATFORM, hint=docs)
-        if code in QUOTA_CODES:
-            return QuotaError(
-                text,
-                platform=PLATFORM,
-                hint="ask for more in Service Quotas (SageMaker: '<instance> for training job "
-                "usage'), or pick another instance type or region",
-            )
-        if is_transient(exc):
-            return PlatformError(
-                f"{text} (still failing after retries; the service may be busy)",
-                platform=PLATFORM,
-                hint="try again in a minute",
-            )
-        return PlatformError(text, platform=PLATFORM)
-    name = type(exc).__name__
-    if name in {
-        "NoCredentialsError",
-        "PartialCredentialsError",
-        "CredentialRetrievalError",
-        "TokenRetrievalError",
-        "SSOTokenLoadError",
-        "UnauthorizedSSOTokenError",
-        "NoAuthTokenError",
-    }:
-        return PlatformAuthError(
-            f"{action} failed: no usable AWS credentials ({name})",
-            platform=PLATFORM,
-            hint="run `aws configure` or `aws sso login`, set AWS_PROFILE, or set "
-            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; " + docs,
-        )
-    if is_transient(exc):
-        return PlatformConnectionError(
-            f"{action} failed: could not reach AWS ({name}: {exc})", platform=PLATFORM
-        )
-    return PlatformError(f"{action} failed: {name}: {exc}", platform=PLATFORM)
-
-
-class TrainingJobNotFound(PlatformError):
-    """SageMaker has no training job of that name in that region."""
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -484,9 +371,8 @@ def _positive(extra: Mapping[str, Any], key: str, kind: type) -> Any:
     return number
 
 
-def instance_type_for(resources: ResourceSpec) -> str:
+def instance_type_for(resources: base.ResourceSpec) -> str:
     """The instance type: as given, else the cheapest known one with ``gpus`` GPUs."""
-    from neural_jupyter.pricing import instance_types
 
     offers = instance_types(PLATFORM)
     if resources.instance_type:
@@ -515,50 +401,35 @@ def instance_type_for(resources: ResourceSpec) -> str:
     return matches[0].instance_type
 
 
-def max_runtime_seconds(resources: ResourceSpec) -> int:
+def max_runtime_seconds(resources: base.ResourceSpec) -> int:
     seconds = resources.max_seconds or DEFAULT_MAX_RUNTIME_HOURS * 3600
     return max(1, min(MAX_RUNTIME_LIMIT, math.ceil(seconds)))
 
 
 # --- the source archive -----------------------------------------------------------------------
-def source_files(bundle_path: Path, framework: str) -> list[str]:
-    """The bundle files that go into source.tar.gz (the entry point is added to them)."""
+def source_files(bundle: Bundle) -> list[str]:
+    """The bundle files that go into source.tar.gz, subfolders included (launcher.py is the
+    entry point)."""
+    framework = str(bundle.job.get("framework", "pytorch"))
     skipped = SKIPPED_FOR_PYTORCH if framework == "pytorch" else frozenset()
-    return sorted(
-        p.name
-        for p in bundle_path.iterdir()
-        if p.is_file() and p.name not in skipped and p.name != ENTRY_POINT
-    )
+    return bundle.files(exclude=tuple(skipped))
 
 
 def write_source_archive(bundle: Bundle, destination: Path) -> str:
-    """Write the bundle (+ entry point) as a reproducible tar.gz; return its sha256."""
-    framework = str(bundle.job.get("framework", "pytorch"))
-
-    def add(tar: tarfile.TarFile, name: str, data: bytes | None = None, path: Path | None = None):
-        info = tarfile.TarInfo(name)
-        info.mode = 0o644
-        info.mtime = 0
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        if path is not None:
-            info.size = path.stat().st_size
-            with path.open("rb") as handle:
-                tar.addfile(info, handle)
-        else:
-            payload = data or b""
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-
+    """Write the bundle as a reproducible tar.gz (owners and times zeroed); its sha256."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     with (
         destination.open("wb") as raw,
         gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as zipped,
         tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
-        for name in source_files(bundle.path, framework):
-            add(tar, name, path=bundle.path / name)
-        add(tar, ENTRY_POINT, data=ENTRY_SCRIPT.encode())
+        for name in source_files(bundle):
+            path = bundle.path / name
+            info = tarfile.TarInfo(name)
+            info.mode, info.mtime, info.uid, info.gid = 0o644, 0, 0, 0
+            info.size = path.stat().st_size
+            with path.open("rb") as handle:
+                tar.addfile(info, handle)
     digest = hashlib.sha256()
     with destination.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -592,44 +463,6 @@ def _safe_extract(archive: Path, destination: Path) -> list[Path]:
     return extracted
 
 
-# --- log mirroring ----------------------------------------------------------------------------
-class _LogMirror:
-    """Writes what a job's CloudWatch streams said into its ``stdout.log`` (event lines) and
-    ``stderr.log`` (everything else), as the local backend's files, for ``Job.logs`` and
-    ``TrainingRun``. One writer per job at a time; every reader starts from the beginning."""
-
-    _owners: ClassVar[set[str]] = set()
-    _lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def __init__(self, job: RemoteJob) -> None:
-        self.key = str(job.directory.resolve()) if job.directory.is_dir() else None
-        self.files: dict[str, Any] = {}
-        if self.key is None:
-            return
-        with self._lock:
-            if self.key in self._owners:
-                self.key = None
-                return
-            self._owners.add(self.key)
-        for stream in ("stdout", "stderr"):
-            self.files[stream] = (job.directory / f"{stream}.log").open("w", encoding="utf-8")
-
-    def write(self, text: str, stream: str) -> None:
-        handle = self.files.get(stream)
-        if handle is not None:
-            handle.write(text + "\n")
-            handle.flush()
-
-    def close(self) -> None:
-        for handle in self.files.values():
-            handle.close()
-        self.files.clear()
-        if self.key is not None:
-            with self._lock:
-                self._owners.discard(self.key)
-            self.key = None
-
-
 class _Clients:
     def __init__(self, factory: Callable[[str], Any]) -> None:
         self._factory = factory
@@ -644,10 +477,15 @@ class _Clients:
 
 
 # --- the backend ------------------------------------------------------------------------------
-class SageMakerBackend(Backend):
+class SageMakerBackend(RemotePlatform):
     name = PLATFORM
     label = "Amazon SageMaker"
     extra = "sagemaker"
+    sdk_modules: ClassVar[Mapping[str, str]] = {"boto3": "boto3", "botocore": "boto3"}
+    paid = True
+    price_table = PLATFORM
+    faults = FAULTS
+    max_nodes = 100  # InstanceCount: each instance one node of the torchrun job
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -655,20 +493,11 @@ class SageMakerBackend(Backend):
         self._clients: dict[tuple, Any] = {}
 
     # --- boto3 plumbing -----------------------------------------------------------------------
-    @staticmethod
-    def _boto3() -> Any:
-        try:
-            import boto3
-            import botocore  # noqa: F401
-        except ImportError:
-            raise MissingDependencyError("boto3", "sagemaker", "The SageMaker backend") from None
-        return boto3
-
     @property
-    def poll_seconds(self) -> float:
+    def poll_seconds(self) -> float:  # type: ignore[override]
         value = os.environ.get(ENV_POLL, "").strip()
         try:
-            return max(0.01, float(value)) if value else POLL_SECONDS
+            return max(0.01, float(value)) if value else 5.0
         except ValueError:
             raise ConfigurationError(
                 f"{ENV_POLL} must be a number of seconds, got {value!r}"
@@ -676,7 +505,8 @@ class SageMakerBackend(Backend):
 
     def _session(self) -> Any:
         """One boto3 session per credential setting (profile, key id, config files)."""
-        boto3 = self._boto3()
+        self.require_sdk()
+        boto3 = self.sdk("boto3")
         names = (
             "AWS_PROFILE",
             "AWS_DEFAULT_PROFILE",
@@ -693,17 +523,17 @@ class SageMakerBackend(Backend):
                 self._clients = {}
             return session
 
-    def _register_credentials(self, session: Any) -> None:
-        """Tell the redaction filter the credential values (never kept anywhere else)."""
+    def _credentials(self, session: Any) -> Any:
+        """The session's credentials (their values registered with the redaction filter)."""
         try:
             credentials = session.get_credentials()
         except Exception as exc:  # SSO/assume-role failures surface as auth errors
-            raise platform_error(exc, "reading AWS credentials") from None
-        if credentials is None:
-            return
-        frozen = credentials.get_frozen_credentials()
-        for value in (frozen.access_key, frozen.secret_key, frozen.token):
-            register_secret(value)
+            raise FAULTS.translate(exc, "reading AWS credentials") from None
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()
+            for value in (frozen.access_key, frozen.secret_key, frozen.token):
+                register_secret(value)
+        return credentials
 
     def _client(self, service: str, region: str) -> Any:
         from botocore.config import Config
@@ -718,7 +548,7 @@ class SageMakerBackend(Backend):
             client = self._clients.get(key)
         if client is not None:
             return client
-        self._register_credentials(session)
+        self._credentials(session)
         config = Config(
             retries={"total_max_attempts": 1, "mode": "standard"},  # we retry, see module doc
             connect_timeout=10,
@@ -732,27 +562,10 @@ class SageMakerBackend(Backend):
     def clients(self, region: str) -> _Clients:
         return _Clients(lambda service: self._client(service, region))
 
-    @staticmethod
-    def _call(action: str, func: Callable[[], T]) -> T:
-        """``func()`` with retries for transient faults; failures become our errors."""
-
-        def on_retry(attempt: int, exc: BaseException) -> None:
-            code = _error_code(exc)[0] if _is_client_error(exc) else type(exc).__name__
-            log.info("%s: transient %s, trying again (attempt %d)", action, code, attempt + 1)
-
-        try:
-            return call_with_retries(func, is_transient, on_retry=on_retry)
-        except MissingDependencyError:
-            raise
-        except Exception as exc:
-            if type(exc).__module__.startswith(("botocore", "boto3")) or _is_client_error(exc):
-                raise platform_error(exc, action) from None
-            raise
-
     # --- configuration ------------------------------------------------------------------------
     def region(self, given: str | None = None) -> str:
         """``given`` → AWS_REGION / AWS_DEFAULT_REGION → the boto3 profile's region."""
-        region = given or _env_first(ENV_REGION) or self._boto3().session.Session().region_name
+        region = given or _env_first(ENV_REGION) or self.sdk("boto3").session.Session().region_name
         if not region:
             raise ConfigurationError(
                 "no AWS region configured for SageMaker",
@@ -763,7 +576,7 @@ class SageMakerBackend(Backend):
             raise ConfigurationError(f"'{region}' is not an AWS region name (e.g. us-east-1)")
         return region
 
-    def config(self, resources: ResourceSpec) -> SageMakerConfig:
+    def config(self, resources: base.ResourceSpec) -> SageMakerConfig:
         """Region, role, bucket and extras for ``resources`` (no network)."""
         extra = dict(resources.extra or {})
         _check_extra(extra)
@@ -789,39 +602,43 @@ class SageMakerBackend(Backend):
                 raise ConfigurationError(f"'{bucket}' is not an S3 bucket name")
         prefix = str(extra.get("prefix") or S3_PREFIX).strip("/")
         image = extra.get("image")
-        if (_positive(extra, "instance_count", int) or 1) > 1:
-            # Each instance would run the same single-process train.py on its own: N times the
-            # bill for one model. Refused until bundles launch with torchrun.
+        count = _positive(extra, "instance_count", int) or resources.nodes
+        if count != resources.nodes:
+            # instances are the nodes of one data-parallel job: one way to say how many
             raise ConfigurationError(
-                "multi-instance training is not supported yet: the generated train.py trains "
-                "on one machine",
-                hint="use one instance with more GPUs (e.g. ml.g5.12xlarge) instead",
+                f"--set instance_count={count} and --nodes {resources.nodes} disagree: each "
+                "instance is one node of a data-parallel job",
+                hint=f"use --nodes {count} (nodes={count}) alone",
             )
         return SageMakerConfig(
             region=region,
             role=role,
             bucket=bucket,
             prefix=prefix,
-            instance_count=_positive(extra, "instance_count", int) or 1,
+            instance_count=count,
             image=str(image) if image else None,
             max_wait_hours=_positive(extra, "max_wait_hours", float),
         )
 
     @staticmethod
-    def job_name(job: RemoteJob) -> str:
+    def job_name(job: base.RemoteJob) -> str:
         return (
             job.remote_id
             or str(job.details.get("job_name") or "")
             or job_name_for(job.idempotency_key)
         )
 
-    def _region_of(self, job: RemoteJob) -> str:
+    def _region_of(self, job: base.RemoteJob) -> str:
         resources = job.details.get("resources") or {}
         return str(job.details.get("region") or self.region(resources.get("region")))
 
     # --- the request --------------------------------------------------------------------------
     def training_request(
-        self, job: RemoteJob, resources: ResourceSpec, config: SageMakerConfig, bucket: str
+        self,
+        job: base.RemoteJob,
+        resources: base.ResourceSpec,
+        config: SageMakerConfig,
+        bucket: str,
     ) -> dict[str, Any]:
         """The exact ``CreateTrainingJob`` parameters for ``job`` (nothing secret in them)."""
         name = self.job_name(job)
@@ -836,10 +653,15 @@ class SageMakerBackend(Backend):
             "sagemaker_container_log_level": "20",
             "sagemaker_job_name": json.dumps(name),
         }
+        if resources.world_size > 1:  # every instance runs launcher.py, which runs torchrun
+            # with its node rank and algo-1's address from SM_HOSTS / SM_CURRENT_HOST
+            hyperparameters["nnodes"] = str(resources.nodes)
+            hyperparameters["nproc-per-node"] = str(resources.procs_per_node)
         request: dict[str, Any] = {
             "TrainingJobName": name,
             "AlgorithmSpecification": {
-                "TrainingImage": config.image or training_image(config.region, instance),
+                "TrainingImage": config.image
+                or training_image(config.region, instance, self.image_row(job)),
                 "TrainingInputMode": "File",
                 "MetricDefinitions": [
                     {"Name": metric, "Regex": rf'"event": "epoch".*?"{metric}": ([-0-9.eE+]+)'}
@@ -882,7 +704,7 @@ class SageMakerBackend(Backend):
             hyperparameters["neural_checkpoint_dir"] = json.dumps(CHECKPOINT_LOCAL_PATH)
         return request
 
-    def plan(self, job: RemoteJob, resources: ResourceSpec) -> dict[str, Any]:
+    def plan(self, job: base.RemoteJob, resources: base.ResourceSpec) -> dict[str, Any]:
         """The upload target and the exact ``CreateTrainingJob`` request; sends nothing."""
         config = self.config(resources)
         bucket = config.bucket or f"sagemaker-{config.region}-<account-id>"
@@ -893,7 +715,7 @@ class SageMakerBackend(Backend):
             "region": config.region,
             "upload": {
                 "uri": source,
-                "files": [f for f in BUNDLE_FILES if f not in SKIPPED_FOR_PYTORCH] + [ENTRY_POINT],
+                "files": [f for f in job.bundle_files if f not in SKIPPED_FOR_PYTORCH],
             },
             "CreateTrainingJob": request,
             "logs": f"CloudWatch Logs {LOG_GROUP}, streams {request['TrainingJobName']}/algo-*",
@@ -905,13 +727,11 @@ class SageMakerBackend(Backend):
             ]
         return plan
 
-    def estimate_cost(self, resources: ResourceSpec) -> CostEstimate | None:
+    def estimate_cost(self, resources: base.ResourceSpec) -> base.CostEstimate | None:
         """List price × the run's budget (``--max-hours``, default 24 h) × instances."""
-        from neural_jupyter.pricing import estimate
-
         instance = instance_type_for(resources)
         _check_extra(resources.extra or {})
-        count = _positive(resources.extra or {}, "instance_count", int) or 1
+        count = _positive(resources.extra or {}, "instance_count", int) or resources.nodes
         hours = max_runtime_seconds(resources) / 3600
         cost = estimate(PLATFORM, instance, hours, spot=resources.spot)
         if count > 1:
@@ -923,17 +743,9 @@ class SageMakerBackend(Backend):
         return cost
 
     def check_credentials(self) -> None:
-        session = self._session()
-        try:
-            credentials = session.get_credentials()
-        except Exception as exc:
-            raise platform_error(exc, "reading AWS credentials") from None
-        if credentials is None:
+        if self._credentials(self._session()) is None:
             raise PlatformAuthError(
-                "no AWS credentials found",
-                platform=PLATFORM,
-                hint="run `aws configure` or `aws sso login`, set AWS_PROFILE, or set "
-                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; see docs/platforms/sagemaker.md",
+                "no AWS credentials found", platform=PLATFORM, hint=f"{LOGIN}; {DOCS}"
             )
 
     # --- submit -------------------------------------------------------------------------------
@@ -941,19 +753,19 @@ class SageMakerBackend(Backend):
         if config.bucket:
             bucket, default = config.bucket, False
         else:
-            identity = self._call("sts:GetCallerIdentity", clients.sts.get_caller_identity)
+            identity = self.call("sts:GetCallerIdentity", clients.sts.get_caller_identity)
             bucket, default = f"sagemaker-{config.region}-{identity['Account']}", True
 
         def exists() -> bool:
             try:
                 clients.s3.head_bucket(Bucket=bucket)
             except Exception as exc:
-                if _is_client_error(exc) and _error_code(exc)[0] in {"404", "NoSuchBucket"}:
+                if _code(exc)[0] in {"404", "NoSuchBucket"}:
                     return False
                 raise
             return True
 
-        if self._call(f"checking bucket {bucket}", exists):
+        if self.call(f"checking bucket {bucket}", exists):
             return bucket
         if not default:
             raise ConfigurationError(
@@ -964,11 +776,13 @@ class SageMakerBackend(Backend):
         params: dict[str, Any] = {"Bucket": bucket}
         if config.region != "us-east-1":
             params["CreateBucketConfiguration"] = {"LocationConstraint": config.region}
-        self._call(f"creating bucket {bucket}", lambda: clients.s3.create_bucket(**params))
+        self.call(f"creating bucket {bucket}", lambda: clients.s3.create_bucket(**params))
         log.info("created SageMaker's default bucket %s", bucket)
         return bucket
 
-    def submit(self, bundle: Bundle, job: RemoteJob, resources: ResourceSpec) -> Submission:
+    def submit(
+        self, bundle: Bundle, job: base.RemoteJob, resources: base.ResourceSpec
+    ) -> base.Submission:
         config = self.config(resources)
         clients = self.clients(config.region)
         bucket = self._bucket(clients, config)
@@ -976,9 +790,7 @@ class SageMakerBackend(Backend):
         name = request["TrainingJobName"]
         source = json.loads(request["HyperParameters"]["sagemaker_submit_directory"])
         _, key = split_s3_uri(source)
-
-        job.directory.mkdir(parents=True, exist_ok=True)
-        archive = job.directory / "source.tar.gz"
+        archive = job.files.scratch("source.tar.gz")
         try:
             sha256 = write_source_archive(bundle, archive)
 
@@ -988,25 +800,14 @@ class SageMakerBackend(Backend):
                         Bucket=bucket, Key=key, Body=body, ContentType="application/gzip"
                     )
 
-            self._call(f"uploading the bundle to {source}", upload)
+            self.call(f"uploading the bundle to {source}", upload)
         finally:
             archive.unlink(missing_ok=True)
-
-        attempts = 0
-
-        def create() -> str:
-            nonlocal attempts
-            attempts += 1
-            try:
-                clients.sagemaker.create_training_job(**request)
-            except Exception as exc:
-                if _already_exists(exc):
-                    # the name comes from the idempotency key: that job is this job
-                    return "after a retry" if attempts > 1 else "submitted before"
-                raise
-            return "created"
-
-        outcome = self._call("CreateTrainingJob", create)
+        _, outcome = self.submit_once(
+            "CreateTrainingJob",
+            lambda: clients.sagemaker.create_training_job(**request),
+            exists=_already_exists,  # the name comes from the idempotency key: it is this job
+        )
         log.info("SageMaker training job %s: %s", name, outcome)
         details = {
             "job_name": name,
@@ -1026,10 +827,10 @@ class SageMakerBackend(Backend):
         }
         if outcome != "created":
             details["existing"] = outcome
-        return Submission(name, details)
+        return base.Submission(name, details)
 
     # --- status -------------------------------------------------------------------------------
-    def describe(self, job: RemoteJob, clients: _Clients | None = None) -> dict[str, Any]:
+    def describe(self, job: base.RemoteJob, clients: _Clients | None = None) -> dict[str, Any]:
         """``DescribeTrainingJob`` for ``job`` (``TrainingJobNotFound`` if there is none)."""
         region = self._region_of(job)
         clients = clients or self.clients(region)
@@ -1045,136 +846,65 @@ class SageMakerBackend(Backend):
                     ) from None
                 raise
 
-        return self._call(f"DescribeTrainingJob {name}", call)
+        return self.call(f"DescribeTrainingJob {name}", call)
 
-    def status(self, job: RemoteJob) -> RemoteStatus:
+    def look(self, job: base.RemoteJob) -> Look:
         try:
             description = self.describe(job)
         except TrainingJobNotFound as exc:
-            return RemoteStatus(UNKNOWN, message=exc.message)
-        return self.status_from(description)
+            return Look(base.RemoteStatus(State.UNKNOWN, message=exc.message), gone=True)
+        return Look(self.status_from(description), raw=description)
 
     @staticmethod
-    def status_from(description: Mapping[str, Any]) -> RemoteStatus:
+    def status_from(description: Mapping[str, Any]) -> base.RemoteStatus:
         state = state_of(description)
         primary = description.get("TrainingJobStatus")
         secondary = str(description.get("SecondaryStatus") or "")
         reason = description.get("FailureReason")
         if secondary in TIMED_OUT_STATUSES:
-            return RemoteStatus(
-                FAILED,
+            return base.RemoteStatus(
+                State.FAILED,
                 None,
                 f"stopped at its time limit ({secondary}" + (f": {reason})" if reason else ")"),
                 timed_out=True,
             )
-        if state == SUCCEEDED:
-            return RemoteStatus(
-                SUCCEEDED, 0, billing_summary(billing_from(description)) or "Completed"
+        if state == State.SUCCEEDED:
+            return base.RemoteStatus(
+                State.SUCCEEDED, 0, billing_summary(billing_from(description)) or "Completed"
             )
-        if state == FAILED:
-            return RemoteStatus(FAILED, _exit_code(reason), reason or f"{primary}: {secondary}")
-        if state == CANCELLED:
-            return RemoteStatus(CANCELLED, None, reason or "stopped (StopTrainingJob)")
+        if state == State.FAILED:
+            return base.RemoteStatus(
+                State.FAILED, _exit_code(reason), reason or f"{primary}: {secondary}"
+            )
+        if state == State.CANCELLED:
+            return base.RemoteStatus(State.CANCELLED, None, reason or "stopped (StopTrainingJob)")
         transitions = description.get("SecondaryStatusTransitions") or []
         message = transitions[-1].get("StatusMessage") if transitions else None
-        return RemoteStatus(state, None, f"{secondary}: {message}" if message else secondary)
+        return base.RemoteStatus(state, None, f"{secondary}: {message}" if message else secondary)
 
-    def billing(self, job: RemoteJob) -> dict[str, Any]:
+    def billing(self, job: base.RemoteJob) -> dict[str, Any]:
         """Billable and training seconds, and for managed spot the saving (0.7 = 70 %)."""
         return billing_from(self.describe(job))
 
     # --- events -------------------------------------------------------------------------------
-    def events(self, job: RemoteJob, *, follow: bool = True) -> Iterator[StreamItem]:
-        clients = self.clients(self._region_of(job))
-        name = self.job_name(job)
-        mirror = _LogMirror(job)
-        tail = _CloudWatchTail(self, clients, name)
-        seen: set[tuple] = set()
-        told_no_logs = False
-        try:
-            while True:
-                description = self.describe(job, clients)
-                transitions = description.get("SecondaryStatusTransitions") or []
-                for index, transition in enumerate(transitions):
-                    # by position: a spot job that restarts goes through Starting... again;
-                    # the current entry's message may change while it lasts
-                    status, message = transition.get("Status"), transition.get("StatusMessage")
-                    if (index, status, message) in seen:
-                        continue
-                    seen.add((index, status, message))
-                    yield _status_event(
-                        f"{status}: {message}" if message else str(status),
-                        status=status,
-                        time=_timestamp(transition.get("StartTime")),
-                    )
-                for item, line in tail.read():
-                    if isinstance(item, LogLine):
-                        mirror.write(redact(line), "stderr")
-                    else:
-                        mirror.write(line, "stdout")
-                    yield item
-                status = self.status_from(description)
-                if not tail.streams and not told_no_logs:
-                    told_no_logs = True
-                    yield _status_event(
-                        "SageMaker wrote no training log for this job (it ended before its "
-                        "container started)"
-                        if status.is_terminal
-                        else "SageMaker logs are not available yet: CloudWatch gets the "
-                        "training log once the container starts (now: "
-                        f"{description.get('SecondaryStatus')})"
-                    )
-                if status.is_terminal or not follow:
-                    if status.is_terminal:
-                        yield from self._finish(job, clients, description, mirror.key is not None)
-                    return
-                yield from _heartbeats(self.poll_seconds)
-        finally:
-            mirror.close()
+    def log_reader(self, job: base.RemoteJob) -> LogReader:
+        return _CloudWatchReader(self, job)
 
-    def _finish(
-        self,
-        job: RemoteJob,
-        clients: _Clients,
-        description: Mapping[str, Any],
-        fetch: bool,
-    ) -> Iterator[StreamItem]:
-        """The billing summary, and (``fetch``: the job's one writing reader) model.tar.gz."""
-        summary = billing_summary(billing_from(description))
+    def after_end(self, job: base.RemoteJob, look: Look) -> Iterator[base.StreamItem]:
+        summary = billing_summary(billing_from(look.raw or {}))
         if summary:
-            yield _status_event(summary, status=description.get("TrainingJobStatus"))
-        if not fetch or state_of(description) != SUCCEEDED or not job.directory.is_dir():
-            return
-        uri = (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
-        marker = job.directory / ARTIFACTS_MARKER
-        with contextlib.suppress(OSError, ValueError):
-            if uri and json.loads(marker.read_text()).get("uri") == uri:
-                return
-        try:
-            files = self._download(clients, description, job.directory / "bundle" / "output", job)
-        except PlatformError as exc:
-            yield _status_event(f"could not bring back model.tar.gz: {exc.message}")
-            return
-        if files:
-            yield _status_event(
-                f"model.tar.gz brought back: {', '.join(sorted(files))} in "
-                f"{job.directory / 'bundle' / 'output'}"
-            )
+            yield _status_event(summary, status=(look.raw or {}).get("TrainingJobStatus"))
+        yield from super().after_end(job, look)
 
     # --- artifacts ----------------------------------------------------------------------------
-    def fetch_artifacts(self, job: RemoteJob, destination: Path | None = None) -> dict[str, Path]:
-        """Download ``model.tar.gz`` and unpack it (default: the job's ``bundle/output``)."""
-        clients = self.clients(self._region_of(job))
-        destination = destination or job.directory / "bundle" / "output"
-        return self._download(clients, self.describe(job, clients), destination, job)
-
-    def _download(
-        self,
-        clients: _Clients,
-        description: Mapping[str, Any],
-        destination: Path,
-        job: RemoteJob,
+    def fetch_artifacts(
+        self, job: base.RemoteJob, destination: Path | None = None
     ) -> dict[str, Path]:
+        """Download ``model.tar.gz`` and unpack every file of it (default: the job's
+        ``bundle/output``); nothing when SageMaker uploaded none (a failed job)."""
+        clients = self.clients(self._region_of(job))
+        destination = destination or job.files.output
+        description = self.describe(job, clients)
         uri = (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
         if not uri:
             return {}
@@ -1185,25 +915,32 @@ class SageMakerBackend(Backend):
         ) as handle:
             partial = Path(handle.name)
 
-        def fetch() -> None:
-            response = clients.s3.get_object(Bucket=bucket, Key=key)
+        def fetch() -> bool:
+            try:
+                response = clients.s3.get_object(Bucket=bucket, Key=key)
+            except Exception as exc:
+                if _code(exc)[0] in {"NoSuchKey", "404"}:
+                    return False  # SageMaker uploads model.tar.gz when a job completes
+                raise
             with partial.open("wb") as out:
                 shutil.copyfileobj(response["Body"], out)
+            return True
 
         try:
-            self._call(f"downloading {uri}", fetch)
+            if not self.call(f"downloading {uri}", fetch):
+                return {}
             extracted = _safe_extract(partial, destination)
         finally:
             partial.unlink(missing_ok=True)
-        names = {"model.pt": "weights", "history.json": "history", "checkpoint.pt": "checkpoint"}
-        found = {names.get(p.name, p.name): p for p in extracted}
-        if job.directory.is_dir():
-            record = {"uri": uri, "files": {k: str(v) for k, v in found.items()}}
-            (job.directory / ARTIFACTS_MARKER).write_text(json.dumps(record, indent=2))
+        found = {}
+        for path in extracted:
+            relative = path.relative_to(destination.resolve()).as_posix()
+            if output_target(destination, relative) is not None:
+                found[artifact_name(relative)] = path
         return found
 
     # --- cancel -------------------------------------------------------------------------------
-    def cancel(self, job: RemoteJob) -> None:
+    def cancel(self, job: base.RemoteJob) -> None:
         clients = self.clients(self._region_of(job))
         name = self.job_name(job)
 
@@ -1211,40 +948,62 @@ class SageMakerBackend(Backend):
             try:
                 clients.sagemaker.stop_training_job(TrainingJobName=name)
             except Exception as exc:
-                code, message, _ = _error_code(exc) if _is_client_error(exc) else ("", "", None)
+                code, message = _code(exc)
                 if code == "ValidationException" and "status" in message.lower():
                     log.info("%s has already ended: %s", name, message)  # nothing left to stop
                     return
                 raise
 
-        self._call(f"StopTrainingJob {name}", stop)
+        self.call(f"StopTrainingJob {name}", stop)
 
 
 def _status_event(message: str, **fields: Any) -> Event:
-    data = {"message": message, "source": PLATFORM}
-    data.update({k: v for k, v in fields.items() if v is not None})
-    return Event("status", data)
+    return base.status_event(message, source=PLATFORM, **fields)
 
 
-def _heartbeats(seconds: float) -> Iterator[None]:
-    deadline = time.monotonic() + seconds
-    while True:
-        yield None
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        time.sleep(min(HEARTBEAT_SECONDS, left))
+class _CloudWatchReader(LogReader):
+    """Secondary-status transitions and the job's log streams (``<job>/algo-*``), each read
+    onward from where it last stopped, mirrored into the job's directory."""
 
-
-class _CloudWatchTail:
-    """Reads a job's log streams (``<job>/algo-*``) onward from where it last stopped."""
-
-    def __init__(self, backend: SageMakerBackend, clients: _Clients, job_name: str) -> None:
+    def __init__(self, backend: SageMakerBackend, job: base.RemoteJob) -> None:
         self.backend = backend
-        self.clients = clients
-        self.prefix = f"{job_name}/algo-"
+        self.clients = backend.clients(backend._region_of(job))
+        self.prefix = f"{backend.job_name(job)}/algo-"
+        self.mirror = LogMirror(job.directory)
         self.tokens: dict[str, str] = {}
         self.streams: list[str] = []
+        self.seen: set[tuple] = set()
+        self.lines = 0
+        self.told_no_logs = False
+
+    def read(self, look: Look, follow: bool) -> Iterator[base.StreamItem]:
+        description = look.raw or {}
+        for index, transition in enumerate(description.get("SecondaryStatusTransitions") or []):
+            # by position: a spot job that restarts goes through Starting... again; the
+            # current entry's message may change while it lasts
+            status, message = transition.get("Status"), transition.get("StatusMessage")
+            if (index, status, message) in self.seen:
+                continue
+            self.seen.add((index, status, message))
+            yield _status_event(
+                f"{status}: {message}" if message else str(status),
+                status=status,
+                time=_timestamp(transition.get("StartTime")),
+            )
+        for item, line in self._new_lines():
+            self.lines += 1
+            stream = "stderr" if isinstance(item, LogLine) else "stdout"
+            self.mirror.add(line, self.lines, stream)
+            yield item
+        if not self.streams and not self.told_no_logs:
+            self.told_no_logs = True
+            yield _status_event(
+                "SageMaker wrote no training log for this job (it ended before its container "
+                "started)"
+                if look.status.is_terminal
+                else "SageMaker logs are not available yet: CloudWatch gets the training log "
+                f"once the container starts (now: {description.get('SecondaryStatus')})"
+            )
 
     def _list_streams(self) -> list[str]:
         def call() -> list[str]:
@@ -1262,10 +1021,10 @@ class _CloudWatchTail:
                     return []  # no job in this region has logged yet
                 raise
 
-        return sorted(self.backend._call("DescribeLogStreams", call))
+        return sorted(self.backend.call("DescribeLogStreams", call))
 
-    def read(self) -> Iterator[tuple[Event | LogLine, str]]:
-        """New lines of every stream, parsed, with the line as written to the log mirror."""
+    def _new_lines(self) -> Iterator[tuple[Event | LogLine, str]]:
+        """New lines of every stream, parsed, with the line as kept in the mirror."""
         self.streams = self._list_streams()
         hosts = [stream[len(self.prefix) - len("algo-") :] for stream in self.streams]
         primary = next((h for h in hosts if h.rsplit("-", 1)[0] == PRIMARY_HOST), None)
@@ -1296,11 +1055,9 @@ class _CloudWatchTail:
             }
             if token:
                 kwargs["nextToken"] = token
-
-            def call(kwargs: dict[str, Any] = kwargs) -> dict[str, Any]:
-                return self.clients.logs.get_log_events(**kwargs)
-
-            page = self.backend._call(f"GetLogEvents {stream}", call)
+            page = self.backend.call(
+                f"GetLogEvents {stream}", lambda k=kwargs: self.clients.logs.get_log_events(**k)
+            )
             events = page.get("events") or []
             for event in events:
                 yield str(event.get("message", ""))

@@ -2,20 +2,29 @@
 
 A job lives on the remote host in ``<workdir>/<name derived from the idempotency key>/``:
 
-    train.py job.json data.npz ...    the bundle, uploaded over SFTP
+    train.py job.json data.npz ...    the bundle (any kind, subfolders too), over SFTP
+    launcher.py                       runtime/launcher.py: installs a user-code bundle's
+                                      requirements, then runs train.py
     run.sh                            the detached wrapper: setup, time budget, exit code
     .launched/ process.json           "started once" guard; pid, pgid, session, start time
     stdout.log stderr.log             the event stream and the log
     exit_code                         written by the wrapper when training ends
     cancel_requested setup_failed     markers
-    output/                           model.pt, history.json, checkpoint.pt, status.json
+    output/                           what train.py writes (model.pt, history.json, a user
+                                      job's result.pkl and outputs/...), status.json
 
 The wrapper runs ``setsid nohup sh run.sh`` (its own session and process group, no terminal),
 so it outlives the SSH connection and the kernel; a new kernel finds it again from what
 ``submit`` returned. Events are read by tailing the remote logs over SFTP into
-``job.directory/stdout.log`` and ``stderr.log`` (the local mirror, always a byte-exact prefix
-of the remote files), so a dropped connection resumes where it stopped and ``Job.logs()``
-works as for local jobs.
+``job.directory/stdout.log`` and ``stderr.log`` (the local mirror: whole lines, redacted; the
+remote offset read so far is kept in ``*.log.offset``), so a dropped connection resumes where
+it stopped and ``Job.logs()`` works as for local jobs.
+
+``--procs-per-node P`` above 1 runs the launcher with ``--nnodes 1 --nproc-per-node P``:
+torchrun starts ``P`` processes on the host (a rendezvous of its own), rank 0 writes the
+events and the outputs; cancel stops torchrun's process group, and torchrun stops its ranks
+(each also ends with its parent). Several hosts in one job (``--nodes`` above 1) are not
+launched: they are refused before anything starts.
 
 Host keys are checked against known_hosts (OpenSSH's files) by default; an unknown host is
 an error that says how to trust it. A password is never stored or shown: it is kept in this
@@ -39,35 +48,25 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from neural_jupyter.backends.base import (
-    CANCELLED,
-    FAILED,
-    RUNNING,
-    SUCCEEDED,
-    UNKNOWN,
-    Backend,
-    CostEstimate,
-    RemoteJob,
-    RemoteStatus,
-    ResourceSpec,
-    StreamItem,
-    Submission,
-)
+from neural_jupyter.backends import base, ssh_instances
+from neural_jupyter.backends.base import State
+from neural_jupyter.backends.log_mirror import LogMirror
 from neural_jupyter.backends.retry import ATTEMPTS, call_with_retries
+from neural_jupyter.backends.ssh_providers import remote_name
 from neural_jupyter.errors import (
     ConfigurationError,
     JobError,
-    MissingDependencyError,
     NeuralError,
     PlatformAuthError,
     PlatformConnectionError,
     PlatformError,
 )
 from neural_jupyter.redaction import redact, register_secret
-from neural_jupyter.runtime.bundle import BUNDLE_FILES, Bundle
+from neural_jupyter.runtime.bundle import LAUNCHER, Bundle, launcher_source
 from neural_jupyter.runtime.events import Event, parse_line
+from neural_jupyter.runtime.jobdir import OUTPUT, artifact_name, output_target
 from neural_jupyter.runtime.tail import LineTail
 
 PLATFORM = "ssh"
@@ -83,8 +82,7 @@ CONNECT_TIMEOUT = 15.0
 COMMAND_TIMEOUT = 120.0
 LAUNCH_RECORD_WAIT = 10.0  # seconds a retried submit waits for an earlier try's process.json
 CHUNK = 4 * 2**20
-LOGS = (("stdout.log", "stdout"), ("stderr.log", "stderr"))
-ARTIFACTS = {"weights": "model.pt", "history": "history.json", "checkpoint": "checkpoint.pt"}
+LOGS = (("stdout.log", "stdout"), ("stderr.log", "stderr"))  # the remote job directory's
 EXTRA_KEYS = frozenset(
     {
         "host",
@@ -109,11 +107,7 @@ _TRANSIENT_WORDS += ("not active", "no existing session", "unable to connect", "
 
 
 def _paramiko():
-    try:
-        import paramiko
-    except ImportError:
-        raise MissingDependencyError("paramiko", "ssh", "The ssh backend") from None
-    return paramiko
+    return SSHBackend.sdk("paramiko")
 
 
 class TransientConnectionError(PlatformConnectionError):
@@ -478,12 +472,6 @@ def run_command(client: Any, script: str, timeout: float = COMMAND_TIMEOUT) -> t
 
 
 # --- remote layout and scripts --------------------------------------------------------------
-def remote_name(idempotency_key: str) -> str:
-    """A directory name from the job's idempotency key (stable across retries)."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", idempotency_key).strip(".-")
-    return name[:120] or "job"
-
-
 def shell_path(path: str) -> str:
     """``path`` quoted for sh, with a leading ``~`` left to expand to ``$HOME``."""
     if path == "~":
@@ -499,22 +487,33 @@ def python_command(python: str) -> str:
     return " ".join(shell_path(word) for word in words)
 
 
-def train_command(python: str, max_seconds: float | None) -> str:
-    command = f"{python_command(python)} -u train.py --job job.json"
+def train_command(python: str, max_seconds: float | None, procs_per_node: int = 1) -> str:
+    # packages a user-code job needs go into its own folder: the host's Python stays as it was
+    command = f"{python_command(python)} -u {LAUNCHER} --packages job"
+    if procs_per_node > 1:  # torchrun on this host alone
+        command += f" --nnodes 1 --nproc-per-node {int(procs_per_node)}"
     if max_seconds:
         limit = f"timeout --signal=TERM --kill-after={KILL_AFTER_SECONDS} {max_seconds:g}"
         return f"{limit} {command}"
     return command
 
 
-def runner_script(job_dir: str, python: str, setup: str | None, max_seconds: float | None) -> str:
+def runner_script(
+    job_dir: str,
+    python: str,
+    setup: str | None,
+    max_seconds: float | None,
+    procs_per_node: int = 1,
+) -> str:
     """``run.sh``: setup, training under its time budget, the exit code written at the end.
 
-    SIGTERM to the group stops training (train.py saves and exits); the trap lets the wrapper
-    outlive it long enough to record the exit code.
+    The launcher installs what a user-code bundle needs, then runs ``train.py`` (under
+    torchrun with ``procs_per_node`` processes). SIGTERM to the group stops training
+    (train.py saves and exits); the trap lets the wrapper outlive it long enough to record
+    the exit code.
     """
-    limited = train_command(python, max_seconds)
-    plain = train_command(python, None)
+    limited = train_command(python, max_seconds, procs_per_node)
+    plain = train_command(python, None, procs_per_node)
     setup_block = ""
     if setup:
         setup_block = (
@@ -616,29 +615,37 @@ class Probe:
     exit_code: int | None = None
     markers: frozenset[str] = frozenset()
 
-    def status(self) -> RemoteStatus:
+    def status(self) -> base.RemoteStatus:
         if not self.exists:  # final: nothing on the host can tell more
-            return RemoteStatus(FAILED, None, "the job's directory is gone from the host")
+            return base.RemoteStatus(
+                State.FAILED, None, "the job's directory is gone from the host"
+            )
         if self.alive:
-            return RemoteStatus(RUNNING)
+            return base.RemoteStatus(State.RUNNING)
         code = self.exit_code
         if code == EXIT_TIMEOUT or "timed_out" in self.markers:
-            return RemoteStatus(FAILED, code, "stopped at its time limit", timed_out=True)
+            return base.RemoteStatus(
+                State.FAILED, code, "stopped at its time limit", timed_out=True
+            )
         if "cancel_requested" in self.markers:
-            return RemoteStatus(CANCELLED, code, "cancelled")
+            return base.RemoteStatus(State.CANCELLED, code, "cancelled")
         if "setup_failed" in self.markers:
-            return RemoteStatus(
-                FAILED, code, f"the setup command failed (exit code {code}); see the job's log"
+            return base.RemoteStatus(
+                State.FAILED,
+                code,
+                f"the setup command failed (exit code {code}); see the job's log",
             )
         if code == 0:
-            return RemoteStatus(SUCCEEDED, 0)
+            return base.RemoteStatus(State.SUCCEEDED, 0)
         if code is None:
-            return RemoteStatus(
-                FAILED, None, "the remote process ended without reporting (killed, or rebooted?)"
+            return base.RemoteStatus(
+                State.FAILED,
+                None,
+                "the remote process ended without reporting (killed, or rebooted?)",
             )
         if code > 128:
-            return RemoteStatus(FAILED, code, f"killed by signal {code - 128}")
-        return RemoteStatus(FAILED, code, f"exited with code {code}")
+            return base.RemoteStatus(State.FAILED, code, f"killed by signal {code - 128}")
+        return base.RemoteStatus(State.FAILED, code, f"exited with code {code}")
 
 
 def parse_probe(output: str, start_time: str | None) -> Probe:
@@ -680,12 +687,14 @@ def _int(text: str) -> int | None:
 
 
 # --- the backend ----------------------------------------------------------------------------
-class SSHBackend(Backend):
+class SSHBackend(base.Backend):
     """Runs the bundle on a machine reachable over SSH (optionally a rented GPU instance)."""
 
     name = "ssh"
     label = "A machine over SSH"
     extra = "ssh"
+    sdk_modules: ClassVar[Mapping[str, str]] = {"paramiko": "paramiko"}
+    max_nodes = 1  # procs_per_node processes under torchrun on the one host
 
     poll_seconds = 0.5
     reconnect_max_wait = 5.0
@@ -693,22 +702,31 @@ class SSHBackend(Backend):
 
     def __init__(self) -> None:
         self._pool = _Pool()
-        self._mirror_locks: dict[str, threading.Lock] = {}
-        self._locks_lock = threading.Lock()
+
+    @classmethod
+    def is_paid(cls, resources: base.ResourceSpec) -> bool:
+        return bool(resources.extra.get("provider"))  # a rented instance bills by the hour
+
+    target = SSHTarget  # how ssh_instances names a machine it launched
+
+    def run(self, target: SSHTarget, script: str) -> tuple[int, str, str]:
+        """Run ``script`` on ``target``: (exit code, stdout, stderr)."""
+        with self._translated(target):
+            return run_command(self._pool.get(target), script)
 
     # --- submit -----------------------------------------------------------------------------
-    def submit(self, bundle: Bundle, job: RemoteJob, resources: ResourceSpec) -> Submission:
+    def submit(
+        self, bundle: Bundle, job: base.RemoteJob, resources: base.ResourceSpec
+    ) -> base.Submission:
         _paramiko()
         extra = check_extra(resources.extra)
         if extra.get("provider"):
-            from neural_jupyter.backends import ssh_instances
-
             return ssh_instances.submit_on_instance(self, bundle, job, resources)
         return self.submit_to(target_from_extra(extra), bundle, job, resources)
 
     def submit_to(
-        self, target: SSHTarget, bundle: Bundle, job: RemoteJob, resources: ResourceSpec
-    ) -> Submission:
+        self, target: SSHTarget, bundle: Bundle, job: base.RemoteJob, resources: base.ResourceSpec
+    ) -> base.Submission:
         """Upload and start ``bundle`` on ``target``; idempotent per ``job.idempotency_key``."""
         extra = resources.extra
         python = str(extra.get("python") or DEFAULT_PYTHON)
@@ -721,7 +739,9 @@ class SSHBackend(Backend):
                 client = self._pool.get(target)
                 job_dir, launched = self._prepare(client, workdir, name)
                 if not launched:
-                    script = runner_script(job_dir, python, setup, resources.max_seconds)
+                    script = runner_script(
+                        job_dir, python, setup, resources.max_seconds, resources.procs_per_node
+                    )
                     self._upload(client, bundle.path, job_dir, script)
                 record = self._launch(client, job_dir)
             return job_dir, record
@@ -740,7 +760,7 @@ class SSHBackend(Backend):
         for key in ("cancel_grace", "reconnect_timeout"):
             if extra.get(key) is not None:
                 details[key] = float(extra[key])
-        return Submission(f"{target.address}:{job_dir}", details)
+        return base.Submission(f"{target.address}:{job_dir}", details)
 
     def _prepare(self, client: Any, workdir: str, name: str) -> tuple[str, bool]:
         """Create the job directory; its absolute path and whether a run was started there."""
@@ -772,6 +792,8 @@ class SSHBackend(Backend):
                         sftp.mkdir(remote)
                 else:
                     sftp.put(str(path), remote)
+            with sftp.open(posixpath.join(job_dir, LAUNCHER), "w") as handle:
+                handle.write(launcher_source())
             with sftp.open(posixpath.join(job_dir, "run.sh"), "w") as handle:
                 handle.write(script)
         finally:
@@ -796,19 +818,21 @@ class SSHBackend(Backend):
         return record
 
     # --- status -----------------------------------------------------------------------------
-    def status(self, job: RemoteJob) -> RemoteStatus:
-        from neural_jupyter.backends import ssh_instances
-
+    def status(self, job: base.RemoteJob) -> base.RemoteStatus:
         final = ssh_instances.final_status(job)
         if final is not None:
             return final
         if not job.details.get("remote_dir"):
-            return RemoteStatus(UNKNOWN, message="no remote process was recorded for this job")
+            return base.RemoteStatus(
+                State.UNKNOWN, message="no remote process was recorded for this job"
+            )
         try:
             target = SSHTarget.from_details(job.details)
             return self._probe(target, job.details, attempts=1).status()
         except (PlatformError, JobError) as exc:
-            return RemoteStatus(UNKNOWN, message=f"no contact with the host: {exc.message}")
+            return base.RemoteStatus(
+                State.UNKNOWN, message=f"no contact with the host: {exc.message}"
+            )
 
     def _probe(self, target: SSHTarget, details: Mapping[str, Any], attempts: int = 1) -> Probe:
         pid = int(details["pid"])
@@ -819,11 +843,9 @@ class SSHBackend(Backend):
         return parse_probe(out, details.get("start_time"))
 
     # --- events -----------------------------------------------------------------------------
-    def events(self, job: RemoteJob, *, follow: bool = True) -> Iterator[StreamItem]:
-        from neural_jupyter.backends import ssh_instances
-
+    def events(self, job: base.RemoteJob, *, follow: bool = True) -> Iterator[base.StreamItem]:
         job.directory.mkdir(parents=True, exist_ok=True)
-        tails = [(LineTail(job.directory / file), stream) for file, stream in LOGS]
+        tails = [(LineTail(job.files.log(stream)), stream) for _, stream in LOGS]
         details = job.details
         if not details.get("remote_dir") or ssh_instances.final_status(job) is not None:
             yield from _drain(tails)
@@ -856,7 +878,7 @@ class SSHBackend(Backend):
                         hint=f"the job keeps running there; %neural_attach {job.id} follows "
                         "it again once the host is reachable",
                     ) from exc
-                yield from self._pause(min(self.reconnect_max_wait, 0.25 * 2**failures))
+                yield from base.heartbeats(min(self.reconnect_max_wait, 0.25 * 2**failures), 0.5)
                 continue
             if lost_since is not None:
                 lost_since, failures = None, 0
@@ -869,57 +891,31 @@ class SSHBackend(Backend):
             if progressed:
                 continue
             if not (follow and probe.alive):
+                if not probe.alive and sftp is not None:  # a last line without its newline
+                    with contextlib.suppress(TransientConnectionError):
+                        self._sync_logs(sftp, job, final=True)
                 yield from _drain(tails)
-                status = probe.status()
-                if status.is_terminal:
-                    self._after_end(job, target, status, sftp)
                 if sftp is not None:
                     sftp.close()
+                status = probe.status()
+                if status.is_terminal:  # outputs home (also a failed run's checkpoint)
+                    yield from self.bring_back_outputs(job)
+                    ssh_instances.job_ended(self, job, status)
                 return
-            yield from self._pause(self.poll_seconds)
-
-    def _pause(self, seconds: float) -> Iterator[None]:
-        """Wait ``seconds``, yielding heartbeats at least twice a second."""
-        deadline = time.monotonic() + seconds
-        while True:
-            yield None
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.5))
+            yield from base.heartbeats(self.poll_seconds, 0.5)
 
     def _open_sftp(self, target: SSHTarget) -> Any:
         with self._translated(target):
             return self._pool.get(target, attempts=1).open_sftp()
 
-    def _mirror_lock(self, job: RemoteJob) -> threading.Lock:
-        with self._locks_lock:
-            return self._mirror_locks.setdefault(str(job.directory), threading.Lock())
-
-    @contextlib.contextmanager
-    def _mirrored(self, job: RemoteJob) -> Iterator[None]:
-        """Exclusive right to extend the local log mirror (threads here, kernels elsewhere)."""
-        with self._mirror_lock(job):
-            try:
-                import fcntl
-            except ImportError:  # Windows: the thread lock is all there is
-                yield
-                return
-            with (job.directory / ".mirror.lock").open("a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def _sync_logs(self, sftp: Any, job: RemoteJob) -> None:
-        """Append what the remote logs gained to the local mirror (a byte-exact prefix)."""
+    def _sync_logs(self, sftp: Any, job: base.RemoteJob, *, final: bool = False) -> None:
+        """Append the whole lines the remote logs gained to the local mirror, redacted (with
+        ``final``, a last line without its newline too)."""
         remote_dir = str(job.details["remote_dir"])
-        target = SSHTarget.from_details(job.details)
-        with self._mirrored(job), self._translated(target):
-            for file, _ in LOGS:
-                local = job.directory / file
-                offset = local.stat().st_size if local.exists() else 0
+        mirror = LogMirror(job.directory)
+        with mirror.exclusive(), self._translated(SSHTarget.from_details(job.details)):
+            for file, stream in LOGS:
+                offset = mirror.source_offset(stream)
                 try:
                     handle = sftp.open(posixpath.join(remote_dir, file), "rb")
                 except FileNotFoundError:
@@ -928,37 +924,27 @@ class SSHBackend(Backend):
                     handle.seek(offset)
                     data = handle.read(CHUNK)
                 if data:
-                    with local.open("ab") as out:
-                        out.write(data)
+                    mirror.copy_bytes(stream, offset, data, whole=final or len(data) >= CHUNK)
 
-    def _after_end(
-        self, job: RemoteJob, target: SSHTarget, status: RemoteStatus, sftp: Any
-    ) -> None:
-        """The job ended: bring its artifacts home and let go of a rented instance."""
-        from neural_jupyter.backends import ssh_instances
-
-        with contextlib.suppress(PlatformError, OSError):
-            self._fetch(job, target, job.directory / "bundle" / "output", sftp)
-        ssh_instances.job_ended(self, job, status)
-
-    def final_sync(self, job: RemoteJob) -> None:
-        """Mirror the logs and fetch the artifacts one last time (before an instance goes)."""
-        target = SSHTarget.from_details(job.details)
-        sftp = self._open_sftp(target)
+    def final_sync(self, job: base.RemoteJob) -> None:
+        """Mirror the logs and bring the outputs home one last time (before an instance
+        goes)."""
+        sftp = self._open_sftp(SSHTarget.from_details(job.details))
         try:
+            mirror = LogMirror(job.directory)
             for _ in range(64):  # bounded: a job still running keeps writing
-                before = _mirror_size(job)
+                before = mirror.total_size()
                 self._sync_logs(sftp, job)
-                if _mirror_size(job) == before:
+                if mirror.total_size() == before:
                     break
-            self._fetch(job, target, job.directory / "bundle" / "output", sftp)
+            self._sync_logs(sftp, job, final=True)
         finally:
             sftp.close()
+        for _ in self.bring_back_outputs(job):
+            pass
 
     # --- cancel -----------------------------------------------------------------------------
-    def cancel(self, job: RemoteJob) -> None:
-        from neural_jupyter.backends import ssh_instances
-
+    def cancel(self, job: base.RemoteJob) -> None:
         details = job.details
         if not details.get("remote_dir"):
             raise JobError(f"job {job.id} has no remote process to cancel", job_id=job.id)
@@ -979,7 +965,9 @@ class SSHBackend(Backend):
                 _, out, err = run_command(client, script, timeout=grace + COMMAND_TIMEOUT)
         except PlatformError:
             if ssh_instances.is_instance_job(job):  # the instance goes anyway
-                ssh_instances.job_ended(self, job, RemoteStatus(CANCELLED, None, "cancelled"))
+                ssh_instances.job_ended(
+                    self, job, base.RemoteStatus(State.CANCELLED, None, "cancelled")
+                )
                 return
             raise
         match = re.search(r"left (\d+)", out)
@@ -990,26 +978,30 @@ class SSHBackend(Backend):
                 response=err.strip()[-300:] or None,
             )
         if ssh_instances.is_instance_job(job):
-            ssh_instances.job_ended(self, job, RemoteStatus(CANCELLED, None, "cancelled"))
+            ssh_instances.job_ended(
+                self, job, base.RemoteStatus(State.CANCELLED, None, "cancelled")
+            )
 
     # --- artifacts --------------------------------------------------------------------------
-    def fetch_artifacts(self, job: RemoteJob, destination: Path | None = None) -> dict[str, Path]:
-        """SFTP ``output/`` (model.pt, history.json, checkpoint.pt) into ``destination``
-        (default ``job.directory/bundle/output``, where ``TrainingRun`` looks)."""
-        destination = Path(destination or job.directory / "bundle" / "output")
+    def fetch_artifacts(
+        self, job: base.RemoteJob, destination: Path | None = None
+    ) -> dict[str, Path]:
+        """SFTP every file under the remote ``output/`` into ``destination`` (default the
+        job's ``bundle/output``, where results are looked for)."""
+        destination = Path(destination or job.files.output)
         if job.details.get("remote_dir") is None:
             return {}
         target = SSHTarget.from_details(job.details)
         try:
             return self._fetch(job, target, destination, None)
         except TransientConnectionError:
-            local = {n: destination / f for n, f in ARTIFACTS.items() if (destination / f).exists()}
+            local = _local_outputs(destination)
             if local:  # e.g. a terminated instance, fetched before it went
                 return local
             raise
 
-    def _fetch(self, job: RemoteJob, target: SSHTarget, destination: Path, sftp: Any) -> dict:
-        remote_output = posixpath.join(str(job.details["remote_dir"]), "output")
+    def _fetch(self, job: base.RemoteJob, target: SSHTarget, destination: Path, sftp: Any) -> dict:
+        remote_output = posixpath.join(str(job.details["remote_dir"]), OUTPUT)
         destination.mkdir(parents=True, exist_ok=True)
         found: dict[str, Path] = {}
         with self._translated(target):
@@ -1017,32 +1009,29 @@ class SSHBackend(Backend):
             if own:
                 sftp = self._pool.get(target).open_sftp()
             try:
-                for name, file in ARTIFACTS.items():
-                    local = destination / file
-                    try:
-                        size = sftp.stat(posixpath.join(remote_output, file)).st_size
-                    except FileNotFoundError:
+                for relative, size in _remote_files(sftp, remote_output):
+                    local = output_target(destination, relative)
+                    if local is None:
                         continue
                     if not (local.exists() and local.stat().st_size == size):
+                        local.parent.mkdir(parents=True, exist_ok=True)
                         partial = local.with_name(local.name + ".part")
-                        sftp.get(posixpath.join(remote_output, file), str(partial))
+                        sftp.get(posixpath.join(remote_output, relative), str(partial))
                         partial.replace(local)
-                    found[name] = local
+                    found[artifact_name(relative)] = local
             finally:
                 if own:
                     sftp.close()
         return found
 
     # --- plan and cost ----------------------------------------------------------------------
-    def estimate_cost(self, resources: ResourceSpec) -> CostEstimate | None:
+    def estimate_cost(self, resources: base.ResourceSpec) -> base.CostEstimate | None:
         """None for your own machine; a rented instance's budget with a provider."""
         if not resources.extra.get("provider"):
             return None
-        from neural_jupyter.backends import ssh_instances
-
         return ssh_instances.estimate(resources)
 
-    def plan(self, job: RemoteJob, resources: ResourceSpec) -> dict[str, Any]:
+    def plan(self, job: base.RemoteJob, resources: base.ResourceSpec) -> dict[str, Any]:
         extra = check_extra(resources.extra)
         workdir = str(extra.get("workdir") or DEFAULT_WORKDIR)
         job_dir = posixpath.join(workdir, remote_name(job.idempotency_key))
@@ -1055,14 +1044,12 @@ class SSHBackend(Backend):
             "setup": redact(str(setup)) if setup else None,
             "command": redact(
                 f"cd {job_dir} && setsid nohup sh run.sh  # runs: "
-                + train_command(python, resources.max_seconds)
+                + train_command(python, resources.max_seconds, resources.procs_per_node)
             ),
-            "upload": _upload_listing(job.directory / "bundle"),
+            "upload": _upload_listing(job),
             "resources": {k: v for k, v in resources.public().items() if "password" not in k},
         }
         if extra.get("provider"):
-            from neural_jupyter.backends import ssh_instances
-
             plan.update(ssh_instances.plan(resources))
             return plan
         target = target_from_extra(extra)
@@ -1079,7 +1066,7 @@ class SSHBackend(Backend):
 
     def check_credentials(self) -> None:
         """paramiko must be there; keys and host keys are checked when connecting."""
-        _paramiko()
+        self.require_sdk()
 
     # --- plumbing ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -1104,7 +1091,7 @@ class SSHBackend(Backend):
         self._pool.close_all()
 
 
-def _drain(tails: list[tuple[LineTail, str]]) -> Iterator[StreamItem]:
+def _drain(tails: list[tuple[LineTail, str]]) -> Iterator[base.StreamItem]:
     for tail, stream in tails:
         for line in tail.read():
             yield parse_line(line, stream)
@@ -1120,18 +1107,48 @@ def _sftp_alive(sftp: Any) -> bool:
     return channel is not None and not channel.closed and channel.get_transport().is_active()
 
 
-def _mirror_size(job: RemoteJob) -> int:
-    return sum(
-        (job.directory / file).stat().st_size for file, _ in LOGS if (job.directory / file).exists()
-    )
-
-
-def _upload_listing(bundle: Path) -> list[dict[str, Any]]:
+def _upload_listing(job: base.RemoteJob) -> list[dict[str, Any]]:
+    """The bundle's top-level entries (with sizes once it exists), the launcher, run.sh."""
+    bundle = job.files.bundle
     listing = []
-    for name in (*BUNDLE_FILES, "run.sh"):
-        path = bundle / name
-        listing.append({"file": name, "bytes": path.stat().st_size if path.exists() else None})
+    for name in dict.fromkeys([*job.bundle_files, LAUNCHER, "run.sh"]):
+        path = bundle / name.rstrip("/")
+        if path.is_dir():
+            size: int | None = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        else:
+            size = path.stat().st_size if path.exists() else None
+        listing.append({"file": name, "bytes": size})
     return listing
+
+
+def _remote_files(sftp: Any, root: str) -> Iterator[tuple[str, int]]:
+    """(path relative to ``root``, size) of every file under the remote folder ``root``."""
+    import stat
+
+    folders = [""]
+    while folders:
+        folder = folders.pop()
+        try:
+            entries = sftp.listdir_attr(posixpath.join(root, folder) if folder else root)
+        except FileNotFoundError:
+            continue
+        for entry in sorted(entries, key=lambda e: e.filename):
+            relative = posixpath.join(folder, entry.filename) if folder else entry.filename
+            if stat.S_ISDIR(entry.st_mode or 0):
+                folders.append(relative)
+            elif stat.S_ISREG(entry.st_mode or 0):
+                yield relative, int(entry.st_size or 0)
+
+
+def _local_outputs(destination: Path) -> dict[str, Path]:
+    """The outputs already brought home into ``destination``."""
+    found = {}
+    for path in sorted(destination.rglob("*")) if destination.is_dir() else []:
+        relative = path.relative_to(destination).as_posix()
+        partial = path.name.endswith(".part")
+        if path.is_file() and not partial and output_target(destination, relative):
+            found[artifact_name(relative)] = path
+    return found
 
 
 def check_extra(extra: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -1149,6 +1166,4 @@ def check_extra(extra: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _provider_keys() -> frozenset[str]:
-    from neural_jupyter.backends.ssh_instances import EXTRA_KEYS as PROVIDER_KEYS
-
-    return PROVIDER_KEYS
+    return ssh_instances.EXTRA_KEYS

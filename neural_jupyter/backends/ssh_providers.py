@@ -1,9 +1,10 @@
-"""Lambda Cloud and Paperspace instance providers for the ssh backend.
+"""Instance providers for the ssh backend: places that rent machines by the hour through a
+REST API (``InstanceProvider``), and their settings. ``ssh_instances`` uses them to launch a
+machine, run the job on it over SSH and terminate it exactly once on every path.
 
-Picked with ``--set provider=lambda`` or ``--set provider=paperspace`` (plus ``--instance``,
-``--region``, ``--set ssh_key_name=...``); ``ssh_instances`` does the rest: the launch is
-recorded in the ledger at once, the job runs over SSH, and the instance is terminated exactly
-once on every path. Importing this module adds both classes to ``ssh_instances.PROVIDERS``.
+Picked with ``--set provider=generic|lambda|paperspace`` (plus ``--instance``, ``--region``,
+``--set ssh_key_name=...``). ``generic`` speaks the minimal API described on
+``GenericProvider``.
 
 Lambda Cloud, API v1 (``https://cloud.lambda.ai/api/v1``; the older
 ``cloud.lambdalabs.com/api/v1`` host serves the same API), ``Authorization: Bearer <key>``:
@@ -43,34 +44,310 @@ API address can be changed with ``extra={"provider_url": ...}`` or ``NEURAL_JUPY
 
 from __future__ import annotations
 
+import abc
 import contextlib
+import json
 import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from neural_jupyter.backends.base import ResourceSpec
 from neural_jupyter.backends.retry import TRANSIENT_HTTP_STATUS, call_with_retries
-from neural_jupyter.backends.ssh_instances import (
-    HTTP_TIMEOUT,
-    KEYRING_SERVICE,
-    PROVIDERS,
-    TOKEN_ENV,
-    InstanceInfo,
-    InstanceProvider,
-    InstanceSettings,
-    LaunchError,
-    ProviderTransientError,
-    _json,
-    _never_sent,
-    provider_token,
-)
 from neural_jupyter.errors import (
     ConfigurationError,
     MissingDependencyError,
     PlatformAuthError,
+    PlatformConnectionError,
     PlatformError,
     QuotaError,
 )
 from neural_jupyter.redaction import register_secret
+
+
+def remote_name(idempotency_key: str) -> str:
+    """A directory name from the job's idempotency key (stable across retries)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", idempotency_key).strip(".-")
+    return name[:120] or "job"
+
+
+TOKEN_ENV = "NEURAL_JUPYTER_PROVIDER_TOKEN"
+KEYRING_SERVICE = "neural-jupyter"
+FINAL_STATUS_FILE = "instance_final.json"
+HTTP_TIMEOUT = (10.0, 60.0)  # connect, read
+BOOT_TIMEOUT = 900.0
+SSH_TIMEOUT = 300.0
+POLL_SECONDS = 5.0
+SHUTDOWN_MARGIN_MINUTES = 10
+DEFAULT_USER = "ubuntu"
+DEFAULT_SHUTDOWN = (
+    'if [ "$(id -u)" = 0 ]; then shutdown -h +{minutes}; else sudo -n shutdown -h +{minutes}; fi'
+)
+ACTIVE_STATES = frozenset({"active", "running", "ready", "booted"})
+DEAD_STATES = frozenset(
+    {"error", "failed", "terminated", "terminating", "deleted", "stopped", "unhealthy", "gone"}
+)
+ADDRESS_KEYS = ("ip", "floating_ip", "public_ip", "accessIPv4", "ip_address", "public_ip_address")
+EXTRA_KEYS = frozenset(
+    {
+        "provider",
+        "provider_url",
+        "instance_type",
+        "ssh_key_name",
+        "boot_timeout",
+        "ssh_timeout",
+        "poll_seconds",
+        "hourly_price",
+        "shutdown_command",
+        "template_id",
+        "disk_size",
+    }
+)
+PROVIDER_OPTIONS = ("template_id", "disk_size")  # passed to a provider in settings.options
+
+
+# --- providers ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InstanceInfo:
+    """What a provider says about an instance."""
+
+    id: str
+    status: str
+    address: str | None = None
+    port: int | None = None
+
+    @property
+    def is_active(self) -> bool:
+        return self.status.lower() in ACTIVE_STATES and bool(self.address)
+
+    @property
+    def is_dead(self) -> bool:
+        return self.status.lower() in DEAD_STATES
+
+
+class ProviderTransientError(PlatformConnectionError):
+    """A provider call failed in a way worth another try. ``maybe_created``: a launch request
+    may have reached the provider, so trying it again could start a second instance."""
+
+    def __init__(self, message: str, *, maybe_created: bool = False, **kwargs: Any) -> None:
+        self.maybe_created = maybe_created
+        super().__init__(message, **kwargs)
+
+
+class LaunchError(PlatformError):
+    """Launching failed; ``instance_id`` is set when the provider created one anyway."""
+
+    def __init__(self, message: str, *, instance_id: str | None = None, **kwargs: Any) -> None:
+        self.instance_id = instance_id
+        super().__init__(message, **kwargs)
+
+
+class InstanceProvider(abc.ABC):
+    """A place to rent machines by the hour. Subclasses register in ``PROVIDERS``."""
+
+    name: ClassVar[str]
+
+    def __init__(self, settings: InstanceSettings, token: str) -> None:
+        self.settings = settings
+        self._token = token
+
+    @abc.abstractmethod
+    def launch(
+        self, *, name: str, instance_type: str, region: str | None, ssh_key_name: str | None
+    ) -> str:
+        """Start an instance; its id. Raises ``LaunchError`` (with the id if one was made)."""
+
+    @abc.abstractmethod
+    def describe(self, instance_id: str) -> InstanceInfo:
+        """Its state and address (transient faults retried)."""
+
+    @abc.abstractmethod
+    def terminate(self, instance_id: str) -> None:
+        """Stop paying for it (an instance already gone is fine)."""
+
+    def find(self, name: str) -> str | None:
+        """The id of a live instance launched under ``name`` (a retried submit), or None."""
+        return None
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """True when a requests error happened before a byte of the request left."""
+    text = repr(exc)
+    return "NewConnectionError" in text or "Failed to establish a new connection" in text
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return {}
+
+
+def _unwrap(payload: Any) -> Any:
+    while isinstance(payload, dict) and len(payload) == 1:
+        ((key, inner),) = payload.items()
+        if key not in ("data", "instance") or not isinstance(inner, (dict, list)):
+            break
+        payload = inner
+    if isinstance(payload, dict):
+        for key in ("instance", "data"):
+            if isinstance(payload.get(key), dict):
+                return payload[key]
+    return payload
+
+
+def _instance_id(text: str | None) -> str | None:
+    payload = _unwrap(_json(text or ""))
+    if not isinstance(payload, dict):
+        return None
+    for key in ("id", "instance_id"):
+        if payload.get(key):
+            return str(payload[key])
+    ids = payload.get("instance_ids")
+    if isinstance(ids, list) and ids:
+        return str(ids[0])
+    return None
+
+
+def parse_instance(instance_id: str, payload: Any) -> InstanceInfo:
+    """Status and address from any of the usual shapes of a provider's answer."""
+    data = _unwrap(payload) if payload else {}
+    if not isinstance(data, dict):
+        return InstanceInfo(instance_id, "unknown")
+    status = str(data.get("status") or data.get("state") or "unknown")
+    address = next((str(data[k]) for k in ADDRESS_KEYS if data.get(k)), None)
+    if address is None and data.get("addresses"):
+        address = _first_address(data["addresses"])
+    port = None
+    if address and address.count(":") == 1:  # "host:port" (IPv4 or a name)
+        host, _, text = address.partition(":")
+        if text.isdigit():
+            address, port = host, int(text)
+    if data.get("ssh_port"):
+        port = int(data["ssh_port"])
+    return InstanceInfo(str(data.get("id") or instance_id), status, address, port)
+
+
+def _first_address(value: Any) -> str | None:
+    """The first IPv4-looking address in OpenStack/Paperspace-style ``addresses``."""
+    if isinstance(value, str):
+        return value if value.replace(".", "").replace(":", "").isdigit() else None
+    if isinstance(value, dict):
+        for key in ("addr", "ip", "address"):
+            if isinstance(value.get(key), str):
+                return value[key]
+        values = list(value.values())
+    elif isinstance(value, list):
+        values = value
+    else:
+        return None
+    for item in values:
+        found = _first_address(item)
+        if found:
+            return found
+    return None
+
+
+# --- settings -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InstanceSettings:
+    provider: str
+    provider_url: str | None
+    instance_type: str
+    region: str | None = None
+    ssh_key_name: str | None = None
+    user: str = DEFAULT_USER
+    port: int | None = None
+    key_file: str | None = None
+    boot_timeout: float = BOOT_TIMEOUT
+    ssh_timeout: float = SSH_TIMEOUT
+    poll_seconds: float = POLL_SECONDS
+    hourly_price: float | None = None
+    shutdown_command: str = DEFAULT_SHUTDOWN
+    max_hours: float | None = None
+    max_seconds: float | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_resources(cls, resources: ResourceSpec) -> InstanceSettings:
+        extra = resources.extra
+        provider = str(extra.get("provider") or "")
+        if provider not in PROVIDERS:
+            from neural_jupyter.dsl.suggest import did_you_mean
+
+            raise ConfigurationError(
+                f"unknown instance provider {provider!r}",
+                hint=did_you_mean(provider, PROVIDERS) or "known: " + ", ".join(PROVIDERS),
+            )
+        instance_type = resources.instance_type or extra.get("instance_type")
+        if not instance_type:
+            raise ConfigurationError(
+                "launching an instance needs its type", hint="--instance gpu_1x_a10 (instance=)"
+            )
+
+        def number(key: str, default: float | None) -> float | None:
+            value = extra.get(key, default)
+            if value is None:
+                return None
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise ConfigurationError(f"extra {key!r} must be a number, got {value!r}") from None
+            if value <= 0:
+                raise ConfigurationError(f"extra {key!r} must be positive, got {value!r}")
+            return value
+
+        return cls(
+            provider=provider,
+            provider_url=extra.get("provider_url"),
+            instance_type=str(instance_type),
+            region=resources.region or extra.get("region"),
+            ssh_key_name=extra.get("ssh_key_name"),
+            user=str(extra.get("user") or DEFAULT_USER),
+            port=int(extra["port"]) if extra.get("port") else None,
+            key_file=extra.get("key_file"),
+            boot_timeout=number("boot_timeout", BOOT_TIMEOUT) or BOOT_TIMEOUT,
+            ssh_timeout=number("ssh_timeout", SSH_TIMEOUT) or SSH_TIMEOUT,
+            poll_seconds=number("poll_seconds", POLL_SECONDS) or POLL_SECONDS,
+            hourly_price=number("hourly_price", None),
+            shutdown_command=str(extra.get("shutdown_command") or DEFAULT_SHUTDOWN),
+            max_hours=resources.max_runtime_hours,
+            max_seconds=resources.max_seconds,
+            options={
+                **({"disk_size": resources.disk_gb} if resources.disk_gb else {}),
+                **{k: extra[k] for k in PROVIDER_OPTIONS if extra.get(k) is not None},
+            },
+        )
+
+    def public(self) -> dict[str, Any]:
+        return {"provider": self.provider, "provider_url": self.provider_url}
+
+
+def provider_token(provider: str) -> str:
+    """The provider's API token from the environment or the keyring (registered as secret)."""
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        with contextlib.suppress(Exception):  # keyring absent or without a backend
+            import keyring
+
+            token = (keyring.get_password(KEYRING_SERVICE, provider) or "").strip()
+    if not token:
+        raise PlatformAuthError(
+            f"no API token for the {provider} instance provider",
+            platform=provider,
+            hint=f"set {TOKEN_ENV}, or store it once: keyring set {KEYRING_SERVICE} {provider}",
+        )
+    register_secret(token)
+    return token
+
+
+def make_provider(settings: InstanceSettings) -> InstanceProvider:
+    cls = PROVIDERS[settings.provider]
+    token_source = getattr(cls, "api_token", None)  # a provider's own env var, then ours
+    return cls(settings, token_source() if token_source else provider_token(settings.provider))
+
 
 # what a failed call means (RestProvider._classify)
 AUTH, QUOTA, RETRY, REFUSED, GONE, FAILED = "auth", "quota", "retry", "refused", "gone", "failed"
@@ -221,6 +498,7 @@ class RestProvider(InstanceProvider):
                 f"launching a {instance_type} instance failed: {exc.message}",
                 platform=self.name,
                 response=exc.response,
+                instance_id=_instance_id(exc.response),
             ) from exc
 
     def _quota_hint(self) -> str:
@@ -259,6 +537,63 @@ class RestProvider(InstanceProvider):
 
     def _info(self, instance_id: str, data: dict[str, Any]) -> InstanceInfo:
         raise NotImplementedError
+
+
+# --- the minimal generic API ---------------------------------------------------------------------
+class GenericProvider(RestProvider):
+    """A minimal REST API, with ``Authorization: Bearer <token>``:
+
+    ``POST /instances`` ``{name, instance_type, region, ssh_key_name}`` → ``{id}``;
+    ``GET /instances/{id}`` → ``{status, ip | floating_ip | public_ip | accessIPv4 |
+    addresses{...}}``; ``DELETE /instances/{id}``; optionally ``GET /instances?name=N``.
+    Responses may be wrapped in ``{"instance": ...}`` or ``{"data": ...}``.
+    """
+
+    name = "generic"
+    label = "the generic instance provider"
+    default_url = ""
+    url_env = "NEURAL_JUPYTER_PROVIDER_URL"
+    token_env = TOKEN_ENV
+
+    def __init__(self, settings: InstanceSettings, token: str) -> None:
+        if not (settings.provider_url or os.environ.get(self.url_env)):
+            raise ConfigurationError(
+                "the generic instance provider needs its API address",
+                hint="extra={'provider_url': 'https://api.example.com/v1'}",
+            )
+        super().__init__(settings, token)
+
+    def launch(
+        self, *, name: str, instance_type: str, region: str | None, ssh_key_name: str | None
+    ) -> str:
+        body = {"name": name, "instance_type": instance_type}
+        body.update({k: v for k, v in (("region", region), ("ssh_key_name", ssh_key_name)) if v})
+        payload = self._launch_call("/instances", body, instance_type)
+        instance_id = _instance_id(json.dumps(payload))
+        if not instance_id:
+            raise LaunchError(
+                "the provider accepted the launch but returned no instance id",
+                platform=self.name,
+                response=str(payload)[:500],
+            )
+        return instance_id
+
+    def describe(self, instance_id: str) -> InstanceInfo:
+        payload = self._call_retried("GET", f"/instances/{instance_id}")
+        if payload is None:
+            return InstanceInfo(instance_id, "gone")
+        return parse_instance(instance_id, payload)
+
+    def _info(self, instance_id: str, data: dict[str, Any]) -> InstanceInfo:
+        return parse_instance(instance_id, data)
+
+    def _terminate(self, instance_id: str) -> None:
+        self._call_retried("DELETE", f"/instances/{instance_id}")  # gone: fine
+
+    def _list(self, name: str) -> list[Any]:
+        payload = _unwrap(self._call_retried("GET", f"/instances?name={name}") or {})
+        items = payload.get("instances", []) if isinstance(payload, dict) else payload
+        return [_unwrap(item) for item in items] if isinstance(items, list) else []
 
 
 # --- Lambda Cloud ------------------------------------------------------------------------------
@@ -467,4 +802,8 @@ def _public_key(key_file: str | None) -> list[str] | None:
     return fields[:2] if len(fields) >= 2 else None
 
 
-PROVIDERS.update({"lambda": LambdaProvider, "paperspace": PaperspaceProvider})
+PROVIDERS: dict[str, type[InstanceProvider]] = {
+    "generic": GenericProvider,
+    "lambda": LambdaProvider,
+    "paperspace": PaperspaceProvider,
+}

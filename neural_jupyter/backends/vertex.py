@@ -3,8 +3,10 @@
 A submit uploads the bundle to ``gs://BUCKET/neural-jupyter/KEY/bundle.tar.gz`` and creates
 one ``CustomJob`` (REST API of ``google-cloud-aiplatform``'s ``JobServiceClient``) with one
 worker pool: a prebuilt PyTorch training container whose command is a short launcher that
-fetches the bundle, runs ``python train.py``, copies its log lines to
+fetches the bundle's ``launcher.py`` (``runtime/launcher.py``, uploaded next to the bundle)
+and runs it: it fetches the bundle, runs ``python train.py``, copies its log lines to
 ``gs://.../KEY/logs/`` every few seconds and its ``output/`` files to ``gs://.../KEY/output/``.
+The image is the newest one of ``image_tables/vertex.json``.
 
 Vertex AI's API reports a job's state only; its output lives in Cloud Logging. ``events``
 therefore streams the launcher's log copy in Cloud Storage (``--set logs=gcs``, the
@@ -21,6 +23,16 @@ Vertex AI job state → neural-jupyter state (``STATES``; docs/platforms/vertex.
   the exit code parsed from "non-zero status of N" (124, or a ``DEADLINE_EXCEEDED`` error:
   timed out); ``EXPIRED`` → FAILED, timed out
 - ``CANCELLED`` → CANCELLED; ``UNSPECIFIED`` → UNKNOWN
+
+Data-parallel training (``--nodes N --procs-per-node P``, docs/distributed.md): with
+``N`` > 1 the job has two worker pools of the same machine, image and command, pool 0 the
+primary replica (``replicaCount`` 1) and pool 1 the other ``N - 1``. Every replica runs the
+launcher with ``--nnodes N --nproc-per-node P``; the launcher starts torchrun as node
+``R`` of the rendezvous at pool 0's address, both read from the ``CLUSTER_SPEC`` that Vertex AI
+gives every replica (``cluster.workerpool0[0]`` is ``host:port``; ``task`` says
+``workerpool1`` index ``i``: node ``i + 1``). Node 0 writes the log copy and the outputs;
+node ``R`` copies its log to ``gs://.../KEY/logs/node-R/``. A replica that fails fails the
+job (Vertex AI stops the others); cancel stops every replica.
 
 Every remote name derives from the job's idempotency key: the display name, the label
 ``neural_jupyter_key`` and the Cloud Storage prefix. Before creating a job, ``submit`` looks
@@ -42,34 +54,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from neural_jupyter.backends.base import (
-    CANCELLED,
-    FAILED,
-    PENDING,
-    RUNNING,
-    SUCCEEDED,
-    UNKNOWN,
-    Backend,
-    CostEstimate,
-    RemoteJob,
-    RemoteStatus,
-    ResourceSpec,
-    StreamItem,
-    Submission,
-)
-from neural_jupyter.backends.retry import TRANSIENT_HTTP_STATUS, call_with_retries
-from neural_jupyter.errors import (
-    ConfigurationError,
-    MissingDependencyError,
-    NeuralError,
-    PlatformAuthError,
-    PlatformConnectionError,
-    PlatformError,
-    QuotaError,
-)
+from neural_jupyter.backends import base, retry
+from neural_jupyter.backends.base import State
+from neural_jupyter.backends.images import Image, table
+from neural_jupyter.backends.log_mirror import LogMirror
+from neural_jupyter.backends.remote import LogReader, Look, RemotePlatform, StateTable
+from neural_jupyter.errors import ConfigurationError, PlatformAuthError
+from neural_jupyter.pricing import estimate, lookup
 from neural_jupyter.redaction import redact, register_secret
-from neural_jupyter.runtime.bundle import Bundle
-from neural_jupyter.runtime.events import Event, parse_line
+from neural_jupyter.runtime.bundle import Bundle, launcher_source
+from neural_jupyter.runtime.events import parse_line
+from neural_jupyter.runtime.jobdir import artifact_name, output_target
 
 T = TypeVar("T")
 
@@ -78,11 +73,9 @@ SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 DEFAULT_REGION = "us-central1"
 DEFAULT_MACHINE = "n1-standard-4"
 DEFAULT_GPU = "NVIDIA_TESLA_T4"
-# Vertex AI's prebuilt PyTorch training containers (torch, numpy, google-cloud-storage):
-# https://cloud.google.com/vertex-ai/docs/training/pre-built-containers. The CPU image of
-# PyTorch is the XLA one (it runs on plain CPUs too).
-GPU_IMAGE = "us-docker.pkg.dev/vertex-ai/training/pytorch-gpu.2-3.py310:latest"
-CPU_IMAGE = "us-docker.pkg.dev/vertex-ai/training/pytorch-xla.2-3.py310:latest"
+IMAGES = table(PLATFORM)
+GPU_IMAGE = f"{IMAGES.extra['registry']}/{IMAGES.default()['gpu']}"
+CPU_IMAGE = f"{IMAGES.extra['registry']}/{IMAGES.default()['cpu']}"
 PREFIX = "neural-jupyter"
 KEY_LABEL = "neural_jupyter_key"
 LOG_SOURCES = ("gcs", "cloud_logging")
@@ -95,20 +88,38 @@ ENV_BUCKET = "NEURAL_JUPYTER_VERTEX_BUCKET"
 ENV_GCS_ENDPOINT = "NEURAL_JUPYTER_GCS_ENDPOINT"
 ENV_LOGGING_ENDPOINT = "NEURAL_JUPYTER_LOGGING_ENDPOINT"
 
-STATES: dict[str, str] = {
-    "JOB_STATE_UNSPECIFIED": UNKNOWN,
-    "JOB_STATE_QUEUED": PENDING,
-    "JOB_STATE_PENDING": PENDING,
-    "JOB_STATE_PAUSED": PENDING,
-    "JOB_STATE_RUNNING": RUNNING,
-    "JOB_STATE_UPDATING": RUNNING,
-    "JOB_STATE_CANCELLING": RUNNING,
-    "JOB_STATE_SUCCEEDED": SUCCEEDED,
-    "JOB_STATE_FAILED": FAILED,
-    "JOB_STATE_PARTIALLY_SUCCEEDED": FAILED,
-    "JOB_STATE_EXPIRED": FAILED,
-    "JOB_STATE_CANCELLED": CANCELLED,
-}
+# The container's command: fetch launcher.py (Cloud Storage, else the /gcs/ mount Vertex AI
+# provides) and run it with the remaining arguments.
+FETCH_LAUNCHER = (
+    "import os, runpy, shutil, sys, tempfile\n"
+    "uri, path = sys.argv.pop(1), os.path.join(tempfile.mkdtemp(), 'launcher.py')\n"
+    "try:\n"
+    "    from google.cloud import storage\n"
+    "    bucket, _, name = uri[5:].partition('/')\n"
+    "    client = storage.Client(project=os.environ.get('CLOUD_ML_PROJECT_ID') or None)\n"
+    "    client.bucket(bucket).blob(name).download_to_filename(path)\n"
+    "except Exception:\n"
+    "    shutil.copyfile('/gcs/' + uri[5:], path)\n"
+    "sys.argv[0] = path\n"
+    "runpy.run_path(path, run_name='__main__')\n"
+)
+
+STATES = StateTable(
+    {
+        "JOB_STATE_UNSPECIFIED": State.UNKNOWN,
+        "JOB_STATE_QUEUED": State.PENDING,
+        "JOB_STATE_PENDING": State.PENDING,
+        "JOB_STATE_PAUSED": State.PENDING,
+        "JOB_STATE_RUNNING": State.RUNNING,
+        "JOB_STATE_UPDATING": State.RUNNING,
+        "JOB_STATE_CANCELLING": State.RUNNING,
+        "JOB_STATE_SUCCEEDED": State.SUCCEEDED,
+        "JOB_STATE_FAILED": State.FAILED,
+        "JOB_STATE_PARTIALLY_SUCCEEDED": State.FAILED,
+        "JOB_STATE_EXPIRED": State.FAILED,
+        "JOB_STATE_CANCELLED": State.CANCELLED,
+    }
+)
 
 # Short GPU names users type → Vertex AI accelerator types.
 GPU_NAMES = {
@@ -116,7 +127,6 @@ GPU_NAMES = {
     "V100": "NVIDIA_TESLA_V100",
     "P100": "NVIDIA_TESLA_P100",
     "P4": "NVIDIA_TESLA_P4",
-    "K80": "NVIDIA_TESLA_K80",
     "A100": "NVIDIA_TESLA_A100",
     "A100_80GB": "NVIDIA_A100_80GB",
     "L4": "NVIDIA_L4",
@@ -124,6 +134,8 @@ GPU_NAMES = {
     "H100_MEGA": "NVIDIA_H100_MEGA_80GB",
     "H200": "NVIDIA_H200_141GB",
     "B200": "NVIDIA_B200",
+    "GB200": "NVIDIA_GB200",
+    "RTX_PRO_6000": "NVIDIA_RTX_PRO_6000",
 }
 
 # Accelerator-optimized machine families come with their GPUs: (pattern, type, count).
@@ -134,7 +146,32 @@ BUILT_IN_GPUS: tuple[tuple[str, str, Callable[[re.Match[str]], int]], ...] = (
     (r"a3-highgpu-(\d+)g", "NVIDIA_H100_80GB", lambda m: int(m[1])),
     (r"a3-megagpu-(\d+)g", "NVIDIA_H100_MEGA_80GB", lambda m: int(m[1])),
     (r"a3-ultragpu-(\d+)g", "NVIDIA_H200_141GB", lambda m: int(m[1])),
+    (r"a4-highgpu-(\d+)g", "NVIDIA_B200", lambda m: int(m[1])),
+    (r"a4x-highgpu-(\d+)g", "NVIDIA_GB200", lambda m: int(m[1])),
     (r"g2-standard-(\d+)", "NVIDIA_L4", lambda m: {24: 2, 48: 4, 96: 8}.get(int(m[1]), 1)),
+    (r"g4-standard-(\d+)", "NVIDIA_RTX_PRO_6000", lambda m: max(1, int(m[1]) // 48)),
+)
+
+
+FAULTS = retry.FaultPolicy(
+    PLATFORM,
+    "Vertex AI",
+    auth_hint="check `gcloud auth application-default login` and that the account has "
+    "roles/aiplatform.user and roles/storage.objectAdmin on the staging bucket",
+    quota_hint="see IAM & Admin → Quotas (Vertex AI custom training) or try another region",
+    rules=(
+        retry.Rule(retry.AUTH, types=("Unauthorized", "Forbidden")),
+        retry.Rule(
+            retry.AUTH,
+            types=("RefreshError", "DefaultCredentialsError"),
+            message="{action}: the Google Cloud credentials do not work: {text}",
+            hint="run `gcloud auth application-default login` again",
+        ),
+        retry.Rule(retry.QUOTA, types=("TooManyRequests",), retry=True),
+        retry.TRANSIENT_HTTP,
+        retry.Rule(retry.UNAVAILABLE, types=("ServerError",)),
+        retry.CONNECTION,
+    ),
 )
 
 
@@ -155,7 +192,7 @@ class Machine:
         return self.machine_type
 
 
-def machine_for(resources: ResourceSpec) -> Machine:
+def machine_for(resources: base.ResourceSpec) -> Machine:
     """``--instance`` (``n1-standard-8``, ``n1-standard-4+NVIDIA_TESLA_T4``, ``g2-standard-8``),
     ``--gpus`` and ``--gpu-type`` (``T4`` or ``NVIDIA_TESLA_T4``) → the worker's hardware."""
     machine_type, _, attached = (resources.instance_type or DEFAULT_MACHINE).partition("+")
@@ -193,12 +230,14 @@ STATE_NUMBERS = dict(enumerate(STATES))  # the proto's numbering follows the tab
 DEADLINE_EXCEEDED = 4  # google.rpc.Code
 
 
-def remote_status(state_name: str, error_code: int = 0, error_message: str = "") -> RemoteStatus:
+def remote_status(
+    state_name: str, error_code: int = 0, error_message: str = ""
+) -> base.RemoteStatus:
     """Vertex AI's job state (and ``error``) → a ``RemoteStatus`` (see the module's table)."""
-    state = STATES.get(state_name, UNKNOWN)
+    state = STATES.state(state_name)
     message = redact(error_message) if error_message else None
     pretty = state_name.removeprefix("JOB_STATE_").lower().replace("_", " ")
-    if state == FAILED:
+    if state == State.FAILED:
         timed_out = state_name == "JOB_STATE_EXPIRED" or error_code == DEADLINE_EXCEEDED
         found = re.search(r"non-zero status of (-?\d+)", error_message or "")
         exit_code = int(found[1]) if found else None
@@ -206,14 +245,24 @@ def remote_status(state_name: str, error_code: int = 0, error_message: str = "")
             timed_out = True
         if timed_out and not message:
             message = "stopped at its time limit"
-        return RemoteStatus(FAILED, exit_code, message or f"Vertex AI job {pretty}", timed_out)
-    if state == SUCCEEDED:
-        return RemoteStatus(SUCCEEDED, 0)
-    if state == CANCELLED:
-        return RemoteStatus(CANCELLED, None, message or "cancelled")
+        return base.RemoteStatus(
+            State.FAILED, exit_code, message or f"Vertex AI job {pretty}", timed_out
+        )
+    if state == State.SUCCEEDED:
+        return base.RemoteStatus(State.SUCCEEDED, 0)
+    if state == State.CANCELLED:
+        return base.RemoteStatus(State.CANCELLED, None, message or "cancelled")
     if state_name in ("JOB_STATE_CANCELLING", "JOB_STATE_PAUSED", "JOB_STATE_PENDING"):
-        return RemoteStatus(state, None, pretty)
-    return RemoteStatus(state, None, message)
+        return base.RemoteStatus(state, None, pretty)
+    return base.RemoteStatus(state, None, message)
+
+
+def torchrun_options(resources: base.ResourceSpec) -> list[str]:
+    """The launcher's torchrun options for ``nodes × procs_per_node`` (none for 1 × 1); each
+    replica finds its node rank and node 0's address in ``CLUSTER_SPEC``."""
+    if resources.world_size == 1:
+        return []
+    return ["--nnodes", str(resources.nodes), "--nproc-per-node", str(resources.procs_per_node)]
 
 
 def label_value(text: str) -> str:
@@ -267,22 +316,51 @@ class Place:
             ) from None
 
 
-class VertexBackend(Backend):
+def image_for(hw: Machine, image: Image | None = None) -> str:
+    """The image for ``hw`` from the table's row ``image`` (default: the newest), if its
+    build runs on that GPU."""
+    image = image or IMAGES.default()
+    if not hw.accelerator_type:
+        return f"{IMAGES.extra['registry']}/{image['cpu']}"
+    facts = IMAGES.extra
+    custom = "give an image that supports it with --set image=URI"
+    if hw.accelerator_type in facts["deprecated_accelerators"]:
+        raise ConfigurationError(
+            facts["deprecated_accelerators"][hw.accelerator_type], hint="pick another --gpu-type"
+        )
+    if hw.accelerator_type in facts["arm_hosts"]:
+        raise ConfigurationError(f"{facts['arm_hosts'][hw.accelerator_type]}", hint=custom)
+    needed = facts["min_cuda"].get(hw.accelerator_type)
+    if needed and image.cuda_key < tuple(int(p) for p in needed.split(".")):
+        raise ConfigurationError(
+            f"{hw.accelerator_type} needs CUDA {needed} or later; the prebuilt PyTorch "
+            f"{image.framework_version} image has CUDA {image.cuda}",
+            hint=custom,
+        )
+    return f"{IMAGES.extra['registry']}/{image['gpu']}"
+
+
+class VertexBackend(RemotePlatform):
     """Custom training jobs on Google Vertex AI."""
 
     name = "vertex"
     label = "Google Vertex AI"
     extra = "vertex"
-
-    POLL_SECONDS: ClassVar[float] = 10.0  # between state requests while following a job
-    HEARTBEAT_SECONDS: ClassVar[float] = 0.25
+    sdk_modules: ClassVar[Mapping[str, str]] = {
+        "google.cloud.aiplatform_v1": "google-cloud-aiplatform",
+        "google.cloud.storage": "google-cloud-storage",
+    }
+    paid = True
+    price_table = PLATFORM
+    faults = FAULTS
+    max_nodes = 100  # worker pool replicas: each one node of the torchrun job
 
     def __init__(self) -> None:
         self._clients: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
 
     # --- configuration ----------------------------------------------------------------------
-    def place(self, job: RemoteJob, resources: ResourceSpec) -> Place:
+    def place(self, job: base.RemoteJob, resources: base.ResourceSpec) -> Place:
         """Project, region, staging URI and endpoints from ``--set``, env and gcloud config."""
         extra = resources.extra
         region = (
@@ -314,7 +392,9 @@ class VertexBackend(Backend):
             logs=logs,
         )
 
-    def custom_job(self, job: RemoteJob, resources: ResourceSpec, place: Place) -> dict[str, Any]:
+    def custom_job(
+        self, job: base.RemoteJob, resources: base.ResourceSpec, place: Place
+    ) -> dict[str, Any]:
         """The ``CustomJob`` resource (REST JSON) that ``submit`` creates."""
         hw = machine_for(resources)
         machine_spec: dict[str, Any] = {"machineType": hw.machine_type}
@@ -323,7 +403,7 @@ class VertexBackend(Backend):
                 acceleratorType=hw.accelerator_type, acceleratorCount=hw.accelerator_count
             )
         extra = resources.extra
-        image = extra.get("image") or (GPU_IMAGE if hw.accelerator_type else CPU_IMAGE)
+        image = extra.get("image") or image_for(hw, self.image_row(job))
         env = [{"name": "NEURAL_JUPYTER_JOB", "value": job.idempotency_key}]
         sync = extra.get("log_sync_seconds", LOG_SYNC_SECONDS)
         env.append({"name": "NEURAL_JUPYTER_LOG_SYNC_SECONDS", "value": str(sync)})
@@ -332,8 +412,19 @@ class VertexBackend(Backend):
             "replicaCount": "1",
             "containerSpec": {
                 "imageUri": image,
-                "command": ["python", "-c", LAUNCHER],
-                "args": [place.uri("bundle.tar.gz"), place.base_uri],
+                "command": ["python", "-c", FETCH_LAUNCHER],
+                "args": [
+                    place.uri("launcher.py"),
+                    "--bundle",
+                    place.uri("bundle.tar.gz"),
+                    "--logs",
+                    place.uri("logs"),
+                    "--outputs",
+                    place.uri("output"),
+                    "--install-missing",
+                    "--budget-margin",
+                    *torchrun_options(resources),
+                ],
                 "env": env,
             },
         }
@@ -343,8 +434,11 @@ class VertexBackend(Backend):
         scheduling: dict[str, Any] = {"timeout": f"{int(limit)}s"}
         if resources.spot:
             scheduling["strategy"] = "SPOT"
+        pools = [pool]
+        if resources.nodes > 1:  # pool 0: the primary replica (node 0); pool 1: the others
+            pools.append({**json.loads(json.dumps(pool)), "replicaCount": str(resources.nodes - 1)})
         spec: dict[str, Any] = {
-            "workerPoolSpecs": [pool],
+            "workerPoolSpecs": pools,
             "scheduling": scheduling,
             "baseOutputDirectory": {"outputUriPrefix": place.base_uri + "/"},
         }
@@ -359,18 +453,9 @@ class VertexBackend(Backend):
         }
 
     # --- SDK access -------------------------------------------------------------------------
-    @staticmethod
-    def _sdk() -> Any:
-        try:
-            from google.cloud import aiplatform_v1
-        except ImportError:
-            raise MissingDependencyError(
-                "google-cloud-aiplatform", "vertex", "The Vertex AI backend"
-            ) from None
-        return aiplatform_v1
 
-    @staticmethod
-    def _credentials() -> Any:
+    # --- SDK access -------------------------------------------------------------------------
+    def _credentials(self) -> Any:
         import google.auth
         from google.auth import exceptions as auth_errors
 
@@ -393,7 +478,7 @@ class VertexBackend(Backend):
             return self._clients[key]
 
     def _jobs(self, place: Place) -> Any:
-        sdk = self._sdk()
+        sdk = self.sdk("google.cloud.aiplatform_v1")
         endpoint = place.api_endpoint or f"{place.region}-aiplatform.googleapis.com"
         return self._cached(
             ("jobs", endpoint),
@@ -405,13 +490,7 @@ class VertexBackend(Backend):
         )
 
     def _storage(self, place: Place) -> Any:
-        try:
-            from google.cloud import storage
-        except ImportError:
-            raise MissingDependencyError(
-                "google-cloud-storage", "vertex", "The Vertex AI backend"
-            ) from None
-
+        storage = self.sdk("google.cloud.storage")
         options = {"api_endpoint": place.storage_endpoint} if place.storage_endpoint else None
         return self._cached(
             ("storage", place.storage_endpoint, place.project),
@@ -420,224 +499,182 @@ class VertexBackend(Backend):
             ),
         )
 
-    def _call(self, action: str, func: Callable[[], T]) -> T:
-        """``func()`` with retries for transient faults; SDK errors become ours."""
-        try:
-            return call_with_retries(func, _is_transient)
-        except NeuralError:
-            raise
-        except Exception as exc:
-            raise _translate(exc, action) from None
-
     # --- contract ---------------------------------------------------------------------------
     def check_credentials(self) -> None:
-        self._sdk()
+        self.sdk("google.cloud.aiplatform_v1")
         self._credentials()
 
-    def plan(self, job: RemoteJob, resources: ResourceSpec) -> dict[str, Any]:
+    def plan(self, job: base.RemoteJob, resources: base.ResourceSpec) -> dict[str, Any]:
         place = self.place(job, resources)
         body = self.custom_job(job, resources, place)
-        container = body["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]
-        lines = len(LAUNCHER.strip().splitlines())
-        container["command"] = [
-            *container["command"][:2],
-            f"<neural_jupyter.backends.vertex.LAUNCHER: {lines} lines of Python>",
-        ]
+        for pool in body["jobSpec"]["workerPoolSpecs"]:
+            container = pool["containerSpec"]
+            container["command"] = [*container["command"][:2], "<fetch and run launcher.py>"]
         return {
-            "backend": self.name,
-            "upload": place.uri("bundle.tar.gz"),
+            "platform": self.name,
+            "upload": [place.uri("bundle.tar.gz"), place.uri("launcher.py")],
             "CreateCustomJob": {"parent": place.parent, "customJob": body},
             "resources": resources.public(),
         }
 
-    def estimate_cost(self, resources: ResourceSpec) -> CostEstimate | None:
+    def estimate_cost(self, resources: base.ResourceSpec) -> base.CostEstimate | None:
         """List price × the job's time limit (``--max-hours``, default 24 h)."""
-        from neural_jupyter.pricing import estimate, offers
-
         hw = machine_for(resources)
         hours = (resources.max_seconds or DEFAULT_MAX_HOURS * 3600) / 3600  # the job's limit
         given = resources.extra.get("hourly_usd")
         if given is not None:
-            return CostEstimate(
+            return base.CostEstimate(
                 self.name, hw.price_key, float(given), hours, resources.spot, source="--set"
-            )
-        known = {o.instance_type: o for o in offers() if o.platform == self.name}
-        offer = known.get(hw.price_key)
+            ).times(resources.nodes, "replicas")
+        offer = lookup(self.name, hw.price_key)
         if offer is not None and offer.gpus in (0, hw.accelerator_count):
-            return estimate(self.name, hw.price_key, hours, spot=resources.spot)
+            cost = estimate(self.name, hw.price_key, hours, spot=resources.spot)
+            return cost.times(resources.nodes, "replicas")
         if not resources.instance_type and not hw.accelerator_type:
             return None  # the small default CPU machine; not in the price table
+        from neural_jupyter.pricing import instance_types
+
         raise ConfigurationError(
             f"no price known for {hw.price_key} × {hw.accelerator_count or 1} on Vertex AI",
             hint="known: "
-            + ", ".join(sorted(known))
+            + ", ".join(sorted(o.instance_type for o in instance_types(self.name)))
             + "; or give its price with --set hourly_usd=PRICE "
             "(https://cloud.google.com/vertex-ai/pricing)",
         )
 
-    def submit(self, bundle: Bundle, job: RemoteJob, resources: ResourceSpec) -> Submission:
+    def submit(
+        self, bundle: Bundle, job: base.RemoteJob, resources: base.ResourceSpec
+    ) -> base.Submission:
         place = self.place(job, resources)
         body = self.custom_job(job, resources, place)
-        sdk = self._sdk()
+        sdk = self.sdk("google.cloud.aiplatform_v1")
         client = self._jobs(place)
-        existing = self._find(client, place, job)
+        existing = self.call(
+            "looking for an earlier Vertex AI job", lambda: self._find(client, place, job)
+        )
         if existing is None:
-            self.upload_bundle(bundle, place)
+            self.upload(place, "bundle.tar.gz", bundle.archive(compresslevel=1), "application/gzip")
+            self.upload(place, "launcher.py", launcher_source().encode(), "text/x-python")
             request = sdk.CustomJob.from_json(json.dumps(body))
-            tries: list[int] = []
-
-            def find_or_create() -> Any:
-                # After a failed try (maybe only its response was lost) the job may exist.
-                found = self._find(client, place, job, retry=False) if tries else None
-                tries.append(1)
-                if found is not None:
-                    return found
-                return client.create_custom_job(
+            existing, _ = self.submit_once(
+                "creating the Vertex AI job",
+                lambda: client.create_custom_job(
                     parent=place.parent, custom_job=request, retry=None, timeout=API_TIMEOUT
-                )
-
-            existing = self._call("creating the Vertex AI job", find_or_create)
+                ),
+                find=lambda: self._find(client, place, job),
+                look_first=False,  # after a failed try (maybe only its answer was lost)
+            )
         _remember_token(client)
         details = {**place.details(), "display_name": body["displayName"]}
         details["console_url"] = console_url(existing.name, place.project)
-        return Submission(existing.name, details)
+        return base.Submission(existing.name, details)
 
-    def _find(self, client: Any, place: Place, job: RemoteJob, *, retry: bool = True) -> Any:
+    def _find(self, client: Any, place: Place, job: base.RemoteJob) -> Any:
         """The job already created under this idempotency key, if any."""
         label = label_value(job.idempotency_key)
         request = {"parent": place.parent, "filter": f'labels.{KEY_LABEL}="{label}"'}
+        pager = client.list_custom_jobs(request=request, retry=None, timeout=API_TIMEOUT)
+        return next(iter(pager), None)
 
-        def look() -> Any:
-            pager = client.list_custom_jobs(request=request, retry=None, timeout=API_TIMEOUT)
-            return next(iter(pager), None)
+    def upload(self, place: Place, name: str, payload: bytes, content_type: str) -> str:
+        """One object under the job's staging prefix; its ``gs://`` URI."""
+        data = io.BytesIO(payload)
+        blob = self._storage(place).bucket(place.bucket).blob(place.object_name(name))
 
-        if not retry:
-            return look()
-        return self._call("looking for an earlier Vertex AI job", look)
-
-    def upload_bundle(self, bundle: Bundle, place: Place) -> str:
-        """The bundle as one ``.tar.gz`` object; returns its ``gs://`` URI."""
-        data = io.BytesIO(bundle.archive(compresslevel=1))
-        blob = self._storage(place).bucket(place.bucket).blob(place.object_name("bundle.tar.gz"))
-
-        def upload() -> None:
+        def send() -> None:
             data.seek(0)
             blob.upload_from_file(
                 data,
-                size=len(data.getbuffer()),
-                content_type="application/gzip",
+                size=len(payload),
+                content_type=content_type,
                 retry=None,
                 timeout=API_TIMEOUT * 5,
             )
 
-        self._call("uploading the bundle to Cloud Storage", upload)
-        return place.uri("bundle.tar.gz")
+        self.call(f"uploading {name} to Cloud Storage", send)
+        return place.uri(name)
 
-    def describe(self, job: RemoteJob) -> tuple[str, RemoteStatus]:
+    def look(self, job: base.RemoteJob) -> Look:
         """Vertex AI's own state name and what it maps to."""
         if not job.remote_id:
-            return "JOB_STATE_UNSPECIFIED", RemoteStatus(UNKNOWN, message="never submitted")
+            return Look(base.RemoteStatus(State.UNKNOWN, message="never submitted"), gone=True)
         place = Place.from_details(job.details)
         client = self._jobs(place)
-        found = self._call(
+        found = self.call(
             "reading the Vertex AI job",
             lambda: client.get_custom_job(name=job.remote_id, retry=None, timeout=API_TIMEOUT),
         )
         name = state_of(found.state)
         error = found.error
         code, message = (error.code, error.message) if error is not None else (0, "")
-        return name, remote_status(name, code, message)
+        status = remote_status(name, code, message)
+        return Look(status, name, _state_message(name, status))
 
-    def status(self, job: RemoteJob) -> RemoteStatus:
-        return self.describe(job)[1]
-
-    def cancel(self, job: RemoteJob) -> None:
+    def cancel(self, job: base.RemoteJob) -> None:
         if not job.remote_id:
             return
         client = self._jobs(Place.from_details(job.details))
-        self._call(
+        self.call(
             "cancelling the Vertex AI job",
             lambda: client.cancel_custom_job(name=job.remote_id, retry=None, timeout=API_TIMEOUT),
         )
 
-    def events(self, job: RemoteJob, *, follow: bool = True) -> Iterator[StreamItem]:
+    def log_reader(self, job: base.RemoteJob) -> LogReader:
         place = Place.from_details(job.details)
-        logs = self._log_reader(job, place)
-        yield Event("status", {"message": logs.note})
-        seen = None
-        while True:
-            state_name, status = self.describe(job)
-            if state_name != seen:
-                seen = state_name
-                yield Event("status", {"message": _state_message(state_name, status)})
-            yield from logs.read()
-            if status.is_terminal or not follow:
-                yield from logs.finish()
-                if status.state == SUCCEEDED:
-                    yield from self.fetch_after_success(job)
-                return
-            yield from self.heartbeats(self.POLL_SECONDS, self.HEARTBEAT_SECONDS)
+        if place.logs == "cloud_logging":
+            return _CloudLogging(self, job, place)
+        return _StorageLogs(self, job, place)
 
-    def fetch_artifacts(self, job: RemoteJob, destination: Path) -> dict[str, Path]:
-        """Every object under ``gs://.../KEY/output/`` → ``destination`` (the bundle's
-        ``output/`` directory by default)."""
+    def fetch_artifacts(self, job: base.RemoteJob, destination: Path) -> dict[str, Path]:
+        """Every object under ``gs://.../KEY/output/`` → ``destination``."""
         place = Place.from_details(job.details)
         bucket = self._storage(place).bucket(place.bucket)
         prefix = place.object_name("output") + "/"
-        blobs = self._call(
+        blobs = self.call(
             "listing the job's outputs",
             lambda: list(bucket.list_blobs(prefix=prefix, retry=None, timeout=API_TIMEOUT)),
         )
         found: dict[str, Path] = {}
         for blob in blobs:
             relative = blob.name[len(prefix) :]
-            if not relative or relative.endswith("/") or ".." in Path(relative).parts:
+            target = output_target(destination, relative)
+            if target is None or relative.endswith("/"):
                 continue
-            target = destination / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            self._call(
+            self.call(
                 f"downloading {relative}",
                 lambda blob=blob, target=target: blob.download_to_filename(
                     str(target), retry=None, timeout=API_TIMEOUT * 5
                 ),
             )
-            found[ARTIFACT_NAMES.get(relative, relative)] = target
+            found[artifact_name(relative)] = target
         return found
 
-    # --- logs -------------------------------------------------------------------------------
-    def _log_reader(self, job: RemoteJob, place: Place) -> _Logs:
-        if place.logs == "cloud_logging":
-            return _CloudLogging(self, job, place)
-        return _StorageLogs(self, job, place)
 
-
-ARTIFACT_NAMES = {"model.pt": "weights", "history.json": "history", "checkpoint.pt": "checkpoint"}
-
-
-class _Logs:
+class _Logs(LogReader):
     """A source of the job's output lines: ``note`` says where they come from; ``missing``
     is said at the end if none came."""
 
-    def __init__(self, note: str, missing: str) -> None:
+    def __init__(self, job: base.RemoteJob, note: str, missing: str) -> None:
         self.note = note
         self.missing = missing
         self.found = False
+        job.directory.mkdir(parents=True, exist_ok=True)
+        self.mirror = LogMirror(job.directory, merged=False)
 
-    def read(self) -> Iterator[StreamItem]:
-        return iter(())
-
-    def finish(self) -> Iterator[StreamItem]:
+    def finish(self, look: Look) -> Iterator[base.StreamItem]:
         if not self.found:
-            yield Event("status", {"message": self.missing})
+            yield base.status_event(self.missing)
 
 
 class _StorageLogs(_Logs):
     """The launcher's copy of stdout/stderr in ``gs://.../KEY/logs/``, read incrementally
-    (HTTP range requests) and mirrored to the job directory's ``stdout.log``/``stderr.log``."""
+    (HTTP range requests) and mirrored byte for byte to the job's ``stdout.log``/``stderr.log``."""
 
-    def __init__(self, backend: VertexBackend, job: RemoteJob, place: Place) -> None:
+    def __init__(self, backend: VertexBackend, job: base.RemoteJob, place: Place) -> None:
         url = logs_url(job.remote_id, place.project)
         super().__init__(
+            job,
             "Vertex AI reports only the job's state; the training output shown here is the "
             f"copy the job writes to {place.uri('logs')}/ every few seconds (full logs: "
             f"Cloud Logging, {url})",
@@ -646,46 +683,38 @@ class _StorageLogs(_Logs):
         )
         self.backend = backend
         self.place = place
-        self.directory = job.directory
         self.offsets = {"stdout": 0, "stderr": 0}
         self.pending = {"stdout": b"", "stderr": b""}
 
-    def read(self) -> Iterator[StreamItem]:
+    def read(self, look: Look, follow: bool) -> Iterator[base.StreamItem]:
         bucket = self.backend._storage(self.place).bucket(self.place.bucket)
         for stream in ("stdout", "stderr"):
             name = self.place.object_name("logs", f"{stream}.log")
-            data = self.backend._call(
+            data = self.backend.call(
                 "reading the job's log copy",
-                lambda name=name, s=stream: _tail(bucket, name, s, self),
+                lambda name=name, s=stream: _tail(bucket, name, self.offsets[s]),
             )
             if not data:
                 continue
             self.found = True
-            self._mirror(stream, data)
+            self.mirror.copy_bytes(stream, self.offsets[stream], data)
             self.offsets[stream] += len(data)
             *lines, self.pending[stream] = (self.pending[stream] + data).split(b"\n")
             for line in lines:
                 yield parse_line(line.decode("utf-8", "replace").rstrip("\r"), stream)
 
-    def finish(self) -> Iterator[StreamItem]:
+    def finish(self, look: Look) -> Iterator[base.StreamItem]:
         for stream, rest in self.pending.items():
             if rest:
+                offset = self.offsets[stream] - len(rest)
+                self.mirror.copy_bytes(stream, offset, rest, whole=True)
                 yield parse_line(rest.decode("utf-8", "replace"), stream)
             self.pending[stream] = b""
-        yield from super().finish()
-
-    def _mirror(self, stream: str, data: bytes) -> None:
-        path = self.directory / f"{stream}.log"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(path, "r+b" if path.exists() else "wb") as out:
-            out.seek(self.offsets[stream])
-            out.write(data)
-            out.truncate()
+        yield from super().finish(look)
 
 
-def _tail(bucket: Any, name: str, stream: str, logs: _StorageLogs) -> bytes:
+def _tail(bucket: Any, name: str, offset: int) -> bytes:
     blob = bucket.get_blob(name, retry=None, timeout=API_TIMEOUT)
-    offset = logs.offsets[stream]
     if blob is None or not blob.size or blob.size <= offset:
         return b""
     return blob.download_as_bytes(
@@ -699,9 +728,10 @@ class _CloudLogging(_Logs):
 
     PAGE_SIZE = 1000
 
-    def __init__(self, backend: VertexBackend, job: RemoteJob, place: Place) -> None:
+    def __init__(self, backend: VertexBackend, job: base.RemoteJob, place: Place) -> None:
         url = logs_url(job.remote_id, place.project)
         super().__init__(
+            job,
             "Vertex AI reports only the job's state; the training output shown here is read "
             f"from Cloud Logging, a few seconds late ({url})",
             f"Cloud Logging had no entries for this job (yet), so only its state is known: {url}",
@@ -709,10 +739,9 @@ class _CloudLogging(_Logs):
         self.backend = backend
         self.place = place
         self.job_id = (job.remote_id or "").rsplit("/", 1)[-1]
-        self.directory = job.directory
         self.since: str | None = None
         self.seen: set[str] = set()
-        self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self.count = 0
 
     def _session(self) -> Any:
         from google.auth.transport.requests import AuthorizedSession
@@ -722,7 +751,7 @@ class _CloudLogging(_Logs):
             lambda: AuthorizedSession(self.backend._credentials()),
         )
 
-    def read(self) -> Iterator[StreamItem]:
+    def read(self, look: Look, follow: bool) -> Iterator[base.StreamItem]:
         endpoint = (self.place.logging_endpoint or "https://logging.googleapis.com").rstrip("/")
         query = f'resource.type="ml_job" AND resource.labels.job_id="{self.job_id}"'
         if self.since:
@@ -734,7 +763,7 @@ class _CloudLogging(_Logs):
             "pageSize": self.PAGE_SIZE,
         }
         while True:
-            page = self.backend._call(
+            page = self.backend.call(
                 "reading Cloud Logging", lambda body=dict(body): self._page(endpoint, body)
             )
             for entry in page.get("entries", []):
@@ -746,7 +775,8 @@ class _CloudLogging(_Logs):
                 self.since = entry.get("timestamp", self.since)
                 stream = "stderr" if entry.get("severity") in ERROR_SEVERITIES else "stdout"
                 for line in _entry_text(entry).splitlines():
-                    self.lines[stream].append(line)
+                    self.count += 1
+                    self.mirror.add(line, self.count, stream)
                     yield parse_line(line, stream)
             if not page.get("nextPageToken"):
                 break
@@ -760,12 +790,6 @@ class _CloudLogging(_Logs):
             raise api_errors.from_http_response(response)
         return response.json()
 
-    def finish(self) -> Iterator[StreamItem]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        for stream, lines in self.lines.items():
-            (self.directory / f"{stream}.log").write_text("".join(f"{x}\n" for x in lines))
-        yield from super().finish()
-
 
 ERROR_SEVERITIES = frozenset({"ERROR", "CRITICAL", "ALERT", "EMERGENCY"})
 
@@ -778,7 +802,7 @@ def _entry_text(entry: Mapping[str, Any]) -> str:
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def _state_message(state_name: str, status: RemoteStatus) -> str:
+def _state_message(state_name: str, status: base.RemoteStatus) -> str:
     pretty = state_name.removeprefix("JOB_STATE_").lower().replace("_", " ")
     text = f"Vertex AI job {pretty}"
     if status.message and status.message != pretty:
@@ -843,192 +867,3 @@ def _remember_token(client: Any) -> None:
     """Register the access token the SDK holds, so no later output can show it."""
     credentials = getattr(getattr(client, "_transport", None), "_credentials", None)
     register_secret(getattr(credentials, "token", None))
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """Throttling, 5xx and dropped connections; never auth, validation or quota refusals."""
-    import requests
-    from google.api_core import exceptions as api_errors
-    from google.auth import exceptions as auth_errors
-
-    if isinstance(exc, api_errors.GoogleAPICallError):
-        return getattr(exc, "code", None) in TRANSIENT_HTTP_STATUS
-    return isinstance(
-        exc,
-        (
-            requests.ConnectionError,
-            requests.Timeout,
-            auth_errors.TransportError,
-            ConnectionError,
-            TimeoutError,
-        ),
-    )
-
-
-def _translate(exc: BaseException, action: str) -> NeuralError:
-    """An SDK exception → one of ours, with the platform's own message."""
-    import requests
-    from google.api_core import exceptions as api_errors
-    from google.auth import exceptions as auth_errors
-
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    code = getattr(exc, "code", None)
-    response = f"HTTP {code}: {message}" if isinstance(code, int) else None
-    if isinstance(exc, (api_errors.Unauthorized, api_errors.Forbidden)):
-        return PlatformAuthError(
-            f"{action} was refused: {message}",
-            platform=PLATFORM,
-            response=response,
-            hint="check `gcloud auth application-default login` and that the account has "
-            "roles/aiplatform.user and roles/storage.objectAdmin on the staging bucket",
-        )
-    if isinstance(exc, (auth_errors.RefreshError, auth_errors.DefaultCredentialsError)):
-        return PlatformAuthError(
-            f"{action}: the Google Cloud credentials do not work: {message}",
-            platform=PLATFORM,
-            hint="run `gcloud auth application-default login` again",
-        )
-    if isinstance(exc, api_errors.TooManyRequests):
-        return QuotaError(
-            f"{action} was refused for quota: {message}",
-            platform=PLATFORM,
-            response=response,
-            hint="see IAM & Admin → Quotas (Vertex AI custom training) or try another region",
-        )
-    if isinstance(
-        exc,
-        (
-            api_errors.ServerError,
-            requests.ConnectionError,
-            requests.Timeout,
-            auth_errors.TransportError,
-            ConnectionError,
-            TimeoutError,
-        ),
-    ):
-        return PlatformConnectionError(
-            f"{action} failed: Vertex AI is unreachable or unavailable ({message})",
-            platform=PLATFORM,
-            response=response,
-        )
-    return PlatformError(f"{action} failed: {message}", platform=PLATFORM, response=response)
-
-
-# The command of the training container (``python -c LAUNCHER BUNDLE_URI BASE_URI``). It uses
-# only the standard library and google-cloud-storage (in Vertex AI's images), falling back to
-# the Cloud Storage FUSE mount at /gcs/ that Vertex AI provides.
-LAUNCHER = r"""
-import importlib.util, json, os, re, shutil, signal, subprocess, sys, tarfile, tempfile, threading
-
-bundle_uri, base_uri = sys.argv[1], sys.argv[2].rstrip("/")
-sync_every = float(os.environ.get("NEURAL_JUPYTER_LOG_SYNC_SECONDS") or 15)
-
-try:
-    from google.cloud import storage
-    client = storage.Client(project=os.environ.get("CLOUD_ML_PROJECT_ID") or None)
-except Exception as exc:  # no library or no credentials: the FUSE mount
-    print(f"neural-jupyter: using /gcs/ ({exc})", file=sys.stderr)
-    client = None
-
-def get(uri, path):
-    if client is None:
-        shutil.copyfile("/gcs/" + uri[5:], path)
-        return
-    bucket, _, name = uri[5:].partition("/")
-    client.bucket(bucket).blob(name).download_to_filename(path)
-
-def put(path, uri):
-    if client is None:
-        target = "/gcs/" + uri[5:]
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.copyfile(path, target)
-        return
-    bucket, _, name = uri[5:].partition("/")
-    client.bucket(bucket).blob(name).upload_from_filename(path)
-
-work = tempfile.mkdtemp(prefix="neural-jupyter-")
-bundle = os.path.join(work, "bundle")
-archive = os.path.join(work, "bundle.tar.gz")
-get(bundle_uri, archive)
-with tarfile.open(archive) as tar:
-    if hasattr(tarfile, "data_filter"):
-        tar.extractall(bundle, filter="data")
-    else:
-        tar.extractall(bundle)
-
-missing = []
-for line in open(os.path.join(bundle, "requirements.txt")):
-    line = line.split("#")[0].strip()
-    name = re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0]
-    if name and importlib.util.find_spec(name.replace("-", "_")) is None:
-        missing.append(line)
-if missing:
-    subprocess.call([sys.executable, "-m", "pip", "install", "--quiet", *missing])
-
-# Stop training a little before the platform's limit so its outputs are still saved.
-job_file = os.path.join(bundle, "job.json")
-settings = json.load(open(job_file))
-if settings.get("max_seconds"):
-    budget = float(settings["max_seconds"])
-    settings["max_seconds"] = budget - min(120.0, budget * 0.1)
-    json.dump(settings, open(job_file, "w"))
-
-logs = os.path.join(work, "logs")
-os.makedirs(logs)
-lock = threading.Lock()
-child = subprocess.Popen(
-    [sys.executable, "-u", "train.py", "--job", "job.json"],
-    cwd=bundle,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    env=dict(os.environ, PYTHONUNBUFFERED="1"),
-)
-for signum in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(signum, lambda signum, frame: child.send_signal(signum))
-
-def pump(source, name, echo):
-    with open(os.path.join(logs, name + ".log"), "ab") as copy:
-        for line in iter(source.readline, b""):
-            echo.buffer.write(line)
-            echo.flush()
-            with lock:
-                copy.write(line)
-                copy.flush()
-
-def sync(sizes):
-    for name in ("stdout", "stderr"):
-        path = os.path.join(logs, name + ".log")
-        size = os.path.getsize(path) if os.path.exists(path) else -1
-        if size >= 0 and sizes.get(name) != size:
-            put(path, base_uri + "/logs/" + name + ".log")
-            sizes[name] = size
-
-def syncer(stop, sizes):
-    while not stop.wait(sync_every):
-        try:
-            sync(sizes)
-        except Exception as exc:
-            print(f"neural-jupyter: could not copy the logs: {exc}", file=sys.stderr)
-
-pumps = [
-    threading.Thread(target=pump, args=(child.stdout, "stdout", sys.stdout)),
-    threading.Thread(target=pump, args=(child.stderr, "stderr", sys.stderr)),
-]
-for thread in pumps:
-    thread.start()
-stop, sizes = threading.Event(), {}
-copier = threading.Thread(target=syncer, args=(stop, sizes), daemon=True)
-copier.start()
-code = child.wait()
-for thread in pumps:
-    thread.join()
-stop.set()
-copier.join()
-output = os.path.join(bundle, "output")
-for root, _, names in os.walk(output):
-    for name in names:
-        path = os.path.join(root, name)
-        put(path, base_uri + "/output/" + os.path.relpath(path, output).replace(os.sep, "/"))
-sync({})
-sys.exit(code if code >= 0 else 128 - code)
-"""

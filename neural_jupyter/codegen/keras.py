@@ -9,9 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from neural_jupyter.codegen.shipped import Shipment, import_block
 from neural_jupyter.codegen.source import LINE_LENGTH, CodeWriter, header_docstring, literal
+from neural_jupyter.dsl.analyzer import RESERVED_NAMES
+from neural_jupyter.dsl.custom import check_framework
 from neural_jupyter.dsl.spec import LayerSpec, NetworkSpec
 from neural_jupyter.errors import CompilationError
+from neural_jupyter.gc_pause import paused_gc
+
+# what generated Keras modules import (numpy and ops only when shipped code uses them)
+IMPORTS = {
+    "keras": "import keras",
+    "layers": "from keras import layers",
+    "np": "import numpy as np",
+    "ops": "from keras import ops",
+}
 
 _TRANSFORMER = '''
 class TransformerEncoder(layers.Layer):
@@ -44,6 +56,8 @@ class _Generator:
         self.spec = spec
         self.body: list[tuple[str, str, list[str], str] | str] = []
         self.helpers: list[str] = []
+        # custom layers' factories and what they need (codegen/shipped.py)
+        self.shipment = Shipment(IMPORTS, (RESERVED_NAMES | {spec.name}) - IMPORTS.keys())
 
     def apply(self, layer: LayerSpec, func: str, args: list[str], source: str = "x") -> None:
         """``x = layers.Kind(args)(x)``; as two statements when that line would be too long."""
@@ -56,13 +70,17 @@ class _Generator:
         self.body.append(f"x = {layer.name}({source})")
 
     def emit(self, layer: LayerSpec) -> None:
-        emitter = EMITTERS.get(layer.kind)
+        # a built-in kind has an emitter; a custom layer cannot take a built-in name
+        emitter = EMITTERS.get(layer.kind) or (_custom if layer.is_custom else None)
         if emitter is None:  # pragma: no cover - guarded by a registry test
             raise CompilationError(f"no Keras code generator for layer {layer.kind}")
         emitter(self, layer)
 
-    def generate(self) -> str:
+    def generate(self) -> tuple[list[str], str, Shipment]:
+        """(import lines shipped user code needs, the module after its imports, what was
+        shipped)."""
         spec = self.spec
+        check_framework(spec, "keras")
         dtype = ', dtype="int32"' if spec.input_dtype == "int64" else ""
         self.body.append(
             f'inputs = keras.Input(shape={literal(spec.input_shape)}{dtype}, name="input")'
@@ -70,15 +88,13 @@ class _Generator:
         self.body.append("x = inputs")
         for layer in spec.layers:
             self.emit(layer)
+        shipped = self.shipment.import_lines() + [
+            IMPORTS[name] for name in ("np", "ops") if name in self.shipment.used_provided
+        ]
         w = CodeWriter()
-        w.line(header_docstring(spec, "Keras 3") + '"""')
-        w.blank()
-        w.line("import keras")
-        w.line("from keras import layers")
-        for helper in self.helpers:
-            w.blank(1)
-            w.lines.extend(helper.rstrip("\n").split("\n"))
-        w.blank(2)
+        for helper in self.helpers + self.shipment.definition_blocks():
+            w.lines.extend(helper.strip("\n").split("\n"))
+            w.blank(2)
         w.line("def build_model() -> keras.Model:")
         with w.indent():
             for entry in self.body:
@@ -87,7 +103,7 @@ class _Generator:
                 else:
                     w.statement(*entry)
             w.statement("return ", "keras.Model", ["inputs", "x", f"name={literal(spec.name)}"])
-        return w.text()
+        return shipped, w.text(), self.shipment
 
 
 def _kw(name: str, value: object) -> str:
@@ -209,6 +225,17 @@ def _residual(g: _Generator, layer: LayerSpec) -> None:
     g.apply(layer, "layers.Add", [], source=f"[{skip}, x]")
 
 
+def _custom(g: _Generator, layer: LayerSpec) -> None:
+    """A layer from ``register_layer``: the layer its Keras factory builds."""
+    custom = layer.type
+    factory = g.shipment.entry(custom.keras_factory, layer.kind, "keras_factory")
+    kwargs = custom.factory_kwargs(layer.values, layer.input_shape, "keras")
+    g.body.append(
+        (f"{layer.name} = ", factory, [f"{k}={literal(v)}" for k, v in kwargs.items()], "")
+    )
+    g.body.append(f"x = {layer.name}(x)")
+
+
 EMITTERS: dict[str, Callable[[_Generator, LayerSpec], None]] = {
     "Dense": _dense,
     "Output": _dense,
@@ -240,6 +267,22 @@ EMITTERS: dict[str, Callable[[_Generator, LayerSpec], None]] = {
 }
 
 
+@paused_gc
+def generate_parts(spec: NetworkSpec) -> tuple[list[str], str, Shipment]:
+    """(import lines beyond keras's own, the module after its imports, what was shipped):
+    train.py imports keras itself, after choosing the Keras backend."""
+    return _Generator(spec).generate()
+
+
+@paused_gc
 def generate(spec: NetworkSpec) -> str:
     """Keras 3 source for ``spec``: ``build_model()`` and any helper layer classes."""
-    return _Generator(spec).generate()
+    imports, body, _ = generate_parts(spec)
+    block = import_block([IMPORTS["keras"], IMPORTS["layers"], *imports])
+    header = header_docstring(spec, "Keras 3") + '"""\n\n'
+    return header + "\n".join(block) + "\n\n\n" + body
+
+
+def shipped_distributions(spec: NetworkSpec) -> set[str]:
+    """Installed distributions that custom layers' shipped code imports (requirements)."""
+    return generate_parts(spec)[2].distributions

@@ -9,10 +9,24 @@ returns logits and ``predict`` applies the activation, so training never double-
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from neural_jupyter.codegen.shipped import Shipment, import_block
 from neural_jupyter.codegen.source import LINE_LENGTH, CodeWriter, header_docstring, literal
+from neural_jupyter.dsl.analyzer import RESERVED_NAMES
+from neural_jupyter.dsl.custom import check_framework
 from neural_jupyter.dsl.spec import LayerSpec, NetworkSpec
 from neural_jupyter.errors import CompilationError
+from neural_jupyter.gc_pause import paused_gc
+
+# what generated PyTorch modules import (F only when used; numpy only in train.py, or when
+# code shipped with a custom layer uses it)
+IMPORTS = {
+    "torch": "import torch",
+    "F": "import torch.nn.functional as F",
+    "nn": "from torch import nn",
+    "np": "import numpy as np",
+}
 
 _ACTIVATIONS = {
     "relu": "torch.relu({x})",
@@ -30,6 +44,13 @@ _ACTIVATIONS = {
     "softsign": "F.softsign({x})",
     "hard_sigmoid": "F.hardsigmoid({x})",
     "mish": "F.mish({x})",
+}
+
+# each activation's forward() line, for both channel axes (made once)
+_ACTIVATION_STEPS = {
+    (name, dim): "x = " + template.format(x="x", dim=dim)
+    for name, template in _ACTIVATIONS.items()
+    for dim in (1, -1)
 }
 
 _SAME_AVG_POOL = '''
@@ -79,6 +100,8 @@ class _Generator:
         self.uses_functional = False
         self.layout = "cl"  # the tensor's current memory layout: channels last / first
         self.rank = len(spec.input_shape)
+        # custom layers' factories and what they need (codegen/shipped.py)
+        self.shipment = Shipment(IMPORTS, (RESERVED_NAMES | {spec.name}) - IMPORTS.keys())
 
     # --- building blocks ----------------------------------------------------------------
     def module(self, layer: LayerSpec, func: str, args: list[str]) -> str:
@@ -112,7 +135,7 @@ class _Generator:
         if activation in (None, "linear"):
             return
         dim = 1 if (self.layout == "cf" and self.rank >= 2) else -1
-        self.step("x = " + _ACTIVATIONS[activation].format(x="x", dim=dim))
+        self.step(_ACTIVATION_STEPS[activation, dim])
 
     def channel_axis_dims(self) -> tuple[int, ...]:
         """The spatial dimensions of the current tensor (batch axis = 0)."""
@@ -122,7 +145,8 @@ class _Generator:
 
     # --- layers ---------------------------------------------------------------------------
     def emit(self, layer: LayerSpec, is_output: bool = False) -> None:
-        emitter = EMITTERS.get(layer.kind)
+        # a built-in kind has an emitter; a custom layer cannot take a built-in name
+        emitter = EMITTERS.get(layer.kind) or (_custom if layer.is_custom else None)
         if emitter is None:  # pragma: no cover - guarded by a registry test
             raise CompilationError(f"no PyTorch code generator for layer {layer.kind}")
         emitter(self, layer, is_output)
@@ -130,29 +154,27 @@ class _Generator:
         if self.rank < 2:
             self.layout = "cl"
 
-    def generate(self) -> str:
+    def generate(self) -> ModuleParts:
+        check_framework(self.spec, "pytorch")
         for index, layer in enumerate(self.spec.layers):
             self.emit(layer, is_output=index == len(self.spec.layers) - 1)
         self.to_layout("cl")
-        return self.render()
+        if "F" in self.shipment.used_provided:
+            self.uses_functional = True
+        imports = [IMPORTS["torch"], *([IMPORTS["F"]] if self.uses_functional else [])]
+        imports += [IMPORTS["nn"], *self.shipment.import_lines()]
+        if "np" in self.shipment.used_provided:
+            imports.append(IMPORTS["np"])
+        return ModuleParts(imports, self.render_body(), self.shipment)
 
-    def render(self) -> str:
+    def render_body(self) -> str:
+        """Everything after the imports: helpers, shipped user code, the class, build_model."""
         spec = self.spec
         w = CodeWriter()
         fused = spec.fused_output_activation
-        doc = header_docstring(spec, "PyTorch")
-        if fused:
-            doc += f"forward() returns logits (the loss applies {fused}); predict() applies it.\n"
-        w.line(doc + '"""')
-        w.blank()
-        w.line("import torch")
-        if self.uses_functional:
-            w.line("import torch.nn.functional as F")
-        w.line("from torch import nn")
-        for helper in self.helpers:
-            w.blank(1)
-            w.lines.extend(helper.rstrip("\n").split("\n"))
-        w.blank(2)
+        for block in self.helpers + self.shipment.definition_blocks():
+            w.lines.extend(block.strip("\n").split("\n"))
+            w.blank(2)
         if len(f"class {spec.name}(nn.Module):") <= LINE_LENGTH:
             w.line(f"class {spec.name}(nn.Module):")
         else:  # as ruff format splits it
@@ -217,11 +239,12 @@ def _conv(g: _Generator, layer: LayerSpec, is_output: bool) -> None:
     g.to_layout("cf")
     kernel, strides, dilation = p["kernel_size"], p["strides"], p["dilation_rate"]
     args = [literal(layer.input_shape[-1]), literal(p["filters"]), literal(kernel)]
-    if any(s != 1 for s in strides):
+    unit_strides = max(strides) == 1 == min(strides)
+    if not unit_strides:
         args.append(f"stride={literal(strides)}")
     pad_module = None
     if p["padding"] == "same":
-        if all(s == 1 for s in strides):
+        if unit_strides:
             args.append('padding="same"')
         else:
             pads = same_padding(layer.input_shape[:-1], kernel, strides, dilation)
@@ -229,12 +252,12 @@ def _conv(g: _Generator, layer: LayerSpec, is_output: bool) -> None:
                 args.append(f"padding={literal(tuple(b for b, _ in pads))}")
             else:
                 pad_module = f"nn.ZeroPad{n}d({literal(_torch_pad_order(pads))})"
-    if any(d != 1 for d in dilation):
+    if not max(dilation) == 1 == min(dilation):
         args.append(f"dilation={literal(dilation)}")
     if not p["use_bias"]:
         args.append("bias=False")
-    conv = f"nn.Conv{n}d({', '.join(args)})"
     if pad_module:
+        conv = f"nn.Conv{n}d({', '.join(args)})"
         ref = g.module(layer, "nn.Sequential", [pad_module, conv])
     else:
         ref = g.module(layer, f"nn.Conv{n}d", args)
@@ -419,6 +442,16 @@ def _residual(g: _Generator, layer: LayerSpec, is_output: bool) -> None:
     g.step(f"x = x + {skip}")
 
 
+def _custom(g: _Generator, layer: LayerSpec, is_output: bool) -> None:
+    """A layer from ``register_layer``: its factory's module, on channels-last input."""
+    custom = layer.type
+    g.to_layout("cl")
+    factory = g.shipment.entry(custom.factory, layer.kind, "factory")
+    kwargs = custom.factory_kwargs(layer.values, layer.input_shape, "pytorch")
+    ref = g.module(layer, factory, [f"{key}={literal(value)}" for key, value in kwargs.items()])
+    g.step(f"x = {ref}(x)")
+
+
 EMITTERS: dict[str, Callable[[_Generator, LayerSpec, bool], None]] = {
     "Dense": _dense,
     "Output": _dense,
@@ -450,6 +483,31 @@ EMITTERS: dict[str, Callable[[_Generator, LayerSpec, bool], None]] = {
 }
 
 
+@dataclass(frozen=True)
+class ModuleParts:
+    """A generated module in two parts, so train.py can merge its own imports in."""
+
+    imports: list[str]  # import statements (ours, then those shipped user code needs)
+    body: str  # helpers, shipped user code, the model class and build_model()
+    shipment: Shipment
+
+
+@paused_gc
+def generate_parts(spec: NetworkSpec) -> ModuleParts:
+    return _Generator(spec).generate()
+
+
+def shipped_distributions(spec: NetworkSpec) -> set[str]:
+    """Installed distributions that custom layers' shipped code imports (requirements)."""
+    return generate_parts(spec).shipment.distributions
+
+
+@paused_gc
 def generate(spec: NetworkSpec) -> str:
     """PyTorch source for ``spec``: the module class and ``build_model()``."""
-    return _Generator(spec).generate()
+    parts = generate_parts(spec)
+    fused = spec.fused_output_activation
+    doc = header_docstring(spec, "PyTorch")
+    if fused:
+        doc += f"forward() returns logits (the loss applies {fused}); predict() applies it.\n"
+    return doc + '"""\n\n' + "\n".join(import_block(parts.imports)) + "\n\n\n" + parts.body

@@ -9,8 +9,9 @@ from __future__ import annotations
 import ast
 import json
 import math
+import re
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 LINE_LENGTH = 88
@@ -18,6 +19,15 @@ LINE_LENGTH = 88
 
 def literal(value: Any) -> str:
     """A Python literal for a validated value."""
+    kind = type(value)
+    if kind is int:  # the usual cases first, each as the general rules below render it
+        return repr(value)
+    if kind is str and value.isascii() and value.isprintable():
+        plain = '"' not in value and "\\" not in value
+        if plain:  # what json.dumps gives for printable ASCII without " or \\
+            return f'"{value}"'
+    if kind is tuple and len(value) > 1:
+        return "(" + ", ".join(map(literal, value)) + ")"
     if value is None or isinstance(value, bool):
         return repr(value)
     if isinstance(value, int):
@@ -59,6 +69,14 @@ def wrap_text(text: str, indent: str = "") -> str:
     """``text`` wrapped to the line length (for docstrings and comments)."""
     if not text:
         return ""
+    if (
+        len(indent) + len(text) <= LINE_LENGTH
+        and text.isprintable()
+        and " " not in (text[0], text[-1])
+    ):
+        # fits, and holds no whitespace textwrap would change (tabs, line breaks, other
+        # spaces; it drops spaces at either end): textwrap returns it as it is
+        return indent + text
     return "\n".join(
         textwrap.wrap(
             text,
@@ -89,34 +107,138 @@ def format_expression(
     except SyntaxError:
         return [flat]
     inner = indent + "    "
+    segment = _segments(expression)
     if isinstance(node, ast.Call) and not isinstance(node.func, ast.Call):
-        items = [(None, _segment(expression, a)) for a in node.args] + [
-            (f"{k.arg}=", _segment(expression, k.value)) for k in node.keywords
+        items = [(None, segment(a)) for a in node.args] + [
+            (f"{k.arg}=", segment(k.value)) for k in node.keywords
         ]
-        head = f"{indent}{prefix}{_segment(expression, node.func)}("
-        tail = f"{indent}){suffix}"
-        if not items:
-            return [flat]
-        hugged = inner + ", ".join((label or "") + text for label, text in items)
-        if len(hugged) <= LINE_LENGTH:
-            return [head, hugged, tail]
-        if len(items) == 1:
-            label, text = items[0]
-            return [head, *format_expression(text, inner, label or ""), tail]
-    elif isinstance(node, (ast.Tuple, ast.List)) and node.elts and expression[0] in "([":
-        items = [(None, _segment(expression, e)) for e in node.elts]
+        return _split_call(segment(node.func), items, flat, indent, prefix, suffix)
+    if isinstance(node, (ast.Tuple, ast.List)) and node.elts and expression[0] in "([":
+        items = [(None, segment(e)) for e in node.elts]
         head = f"{indent}{prefix}{expression[0]}"
         tail = f"{indent}{expression[-1]}{suffix}"
-    else:
+        return _one_per_line(head, items, inner, tail)
+    return [flat]
+
+
+def format_call(
+    func: str,
+    args: Iterable[str],
+    indent: str = "",
+    prefix: str = "",
+    suffix: str = "",
+    *,
+    arguments: dict[str, tuple[str | None, str] | None] | None = None,
+) -> list[str]:
+    """``format_expression(f"{func}({', '.join(args)})", ...)`` for arguments rendered one
+    by one (each one expression, or ``name=expression``): the same lines, without parsing
+    the whole call again, which for thousands of arguments (train.py's LAYER_ACTIVATIONS)
+    cost more than the rest of the script.
+
+    ``arguments``: how each argument text was cut before, kept by the caller (one generated
+    file repeats the same arguments, e.g. in layers alike)."""
+    args = list(args)
+    expression = f"{func}({', '.join(args)})"
+    flat = f"{indent}{prefix}{expression}{suffix}"
+    if len(flat) <= LINE_LENGTH:
         return [flat]
+    items: list[tuple[str | None, str]] = []
+    keyword = False
+    for arg in args:
+        if arguments is None:
+            item = _argument(arg)
+        elif arg in arguments:
+            item = arguments[arg]
+        else:
+            item = arguments[arg] = _argument(arg)
+        if item is None or (keyword and item[0] is None):  # unsure, or positional after keyword
+            return format_expression(expression, indent, prefix, suffix)
+        keyword = keyword or item[0] is not None
+        items.append(item)
+    if not _DOTTED.fullmatch(func):
+        return format_expression(expression, indent, prefix, suffix)
+    return _split_call(func, items, flat, indent, prefix, suffix)
+
+
+_DOTTED = re.compile(r"[^\W\d]\w*(?:\.[^\W\d]\w*)*")
+_KEYWORD = re.compile(r"[^\W\d]\w*=(?!=)")
+
+
+def _argument(text: str) -> tuple[str | None, str] | None:
+    """(``name=`` or None, the value's text) as the parser would cut it; None when unsure."""
+    if text.isascii():  # what _KEYWORD matches, without the regular expression
+        equals = text.find("=")
+        keyword = (
+            equals > 0 and text[:equals].isidentifier() and text[equals + 1 : equals + 2] != "="
+        )
+        label, value = (text[: equals + 1], text[equals + 1 :]) if keyword else (None, text)
+    else:
+        match = _KEYWORD.match(text)
+        label, value = (match.group(0), text[match.end() :]) if match else (None, text)
+    if not value or value != value.strip() or value[0] in "*,":
+        return None
+    if value[0] == "(":  # the parser drops the parentheses around anything but a tuple
+        try:
+            if not isinstance(ast.parse(value, mode="eval").body, ast.Tuple):
+                return None
+        except SyntaxError:
+            return None
+    return label, value
+
+
+def _split_call(
+    func: str,
+    items: list[tuple[str | None, str]],
+    flat: str,
+    indent: str,
+    prefix: str,
+    suffix: str,
+) -> list[str]:
+    if not items:
+        return [flat]
+    inner = indent + "    "
+    head = f"{indent}{prefix}{func}("
+    tail = f"{indent}){suffix}"
+    hugged = inner + ", ".join([(label or "") + text for label, text in items])
+    if len(hugged) <= LINE_LENGTH:
+        return [head, hugged, tail]
+    if len(items) == 1:
+        label, text = items[0]
+        return [head, *format_expression(text, inner, label or ""), tail]
+    return _one_per_line(head, items, inner, tail)
+
+
+def _one_per_line(
+    head: str, items: list[tuple[str | None, str]], inner: str, tail: str
+) -> list[str]:
     lines = [head]
     for label, text in items:
-        lines += format_expression(text, inner, label or "", ",")
-    return [*lines, tail]
+        line = f"{inner}{label or ''}{text},"
+        if len(line) <= LINE_LENGTH:  # what format_expression returns for it
+            lines.append(line)
+        else:
+            lines += format_expression(text, inner, label or "", ",")
+    lines.append(tail)
+    return lines
 
 
-def _segment(expression: str, node: ast.AST) -> str:
-    segment = ast.get_source_segment(expression, node)
+def _segments(expression: str) -> Callable[[ast.AST], str]:
+    """A function giving each parsed node's source text, in time proportional to its length.
+
+    ``ast.get_source_segment`` splits the whole expression into lines on every call, which
+    made splitting a call with n arguments cost n times the expression's length (a 10,000
+    entry ``dict(...)`` in train.py took minutes). Generated expressions are one line, so a
+    node's text is a slice at its offsets (which count UTF-8 bytes).
+    """
+    if "\n" in expression or "\r" in expression:
+        return lambda node: _checked(ast.get_source_segment(expression, node), node)
+    if expression.isascii():
+        return lambda node: expression[node.col_offset : node.end_col_offset]
+    data = expression.encode("utf-8")
+    return lambda node: data[node.col_offset : node.end_col_offset].decode("utf-8")
+
+
+def _checked(segment: str | None, node: ast.AST) -> str:
     if segment is None:  # pragma: no cover - every node parsed from text has a segment
         raise ValueError(f"no source for {ast.dump(node)}")
     return segment
@@ -128,6 +250,7 @@ class CodeWriter:
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.level = 0
+        self.arguments: dict[str, tuple[str | None, str] | None] = {}  # see format_call
 
     def line(self, text: str = "") -> None:
         self.lines.append(("    " * self.level + text) if text else "")
@@ -144,6 +267,10 @@ class CodeWriter:
 
     def assignment(self, text: str) -> None:
         """Write a ``target = expression`` line, splitting the expression when too long."""
+        line = "    " * self.level + text
+        if text and len(line) <= LINE_LENGTH:  # fits: written as it is either way
+            self.lines.append(line)
+            return
         target, sep, value = text.partition(" = ")
         if sep and "(" not in target:
             self.expression(target + sep, value)
@@ -152,7 +279,13 @@ class CodeWriter:
 
     def statement(self, prefix: str, func: str, args: Iterable[str], suffix: str = "") -> None:
         """Write ``prefix + func(args) + suffix``, split over lines when too long."""
-        self.expression(prefix, f"{func}({', '.join(args)})", suffix)
+        indent = "    " * self.level
+        args = args if isinstance(args, list) else list(args)
+        line = f"{indent}{prefix}{func}({', '.join(args)}){suffix}"
+        if len(line) <= LINE_LENGTH:  # fits: what format_call returns for it
+            self.lines.append(line)
+        else:
+            self.lines += format_call(func, args, indent, prefix, suffix, arguments=self.arguments)
 
     def text(self) -> str:
         while self.lines and not self.lines[-1]:

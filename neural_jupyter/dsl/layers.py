@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from neural_jupyter.dsl.params import ACTIVATIONS, Param, Signature
 
 Shape = tuple[int, ...]
 Params = Mapping[str, Any]
-BACKENDS = ("pytorch", "keras")
+FRAMEWORKS = ("pytorch", "keras")
 
 
-class ShapeError(Exception):
+class ShapeError(ValueError):
     """The layer cannot take this input; ``param`` names the argument to point at."""
 
     def __init__(self, message: str, param: str | None = None, hint: str | None = None):
@@ -31,16 +31,20 @@ class ShapeError(Exception):
         self.hint = hint
 
 
-def _no_params(params: Params, inp: Shape, out: Shape, backend: str) -> int:
+def no_params(params: Params, inp: Shape, out: Shape, framework: str) -> int:
     return 0
 
 
-def _no_flops(params: Params, inp: Shape, out: Shape) -> int:
+def no_flops(params: Params, inp: Shape, out: Shape) -> int:
     return 0
 
 
 def _same_shape(params: Params, inp: Shape) -> Shape:
     return inp
+
+
+def no_notes(params: Params, inp: Shape) -> tuple[str, ...]:
+    return ()
 
 
 @dataclass(frozen=True)
@@ -49,18 +53,18 @@ class LayerType(Signature):
 
     category: str = "core"
     infer: Callable[[Params, Shape], Shape] = _same_shape
-    count: Callable[[Params, Shape, Shape, str], int] = _no_params
-    flops: Callable[[Params, Shape, Shape], int] = _no_flops
+    count: Callable[[Params, Shape, Shape, str], int] = no_params
+    flops: Callable[[Params, Shape, Shape], int] = no_flops
     ranks: tuple[int, ...] | None = None  # accepted input ranks (batch excluded)
     expects: str = ""  # the input layout in words, for errors
     block: bool = False  # written as ``Name { ... }`` (Residual)
     first_only: bool = False  # must take the network input directly (Embedding)
     wraps: bool = False  # takes another layer as its first argument (Bidirectional)
-    notes: Callable[[Params, Shape], tuple[str, ...]] = field(default=lambda p, s: ())
+    notes: Callable[[Params, Shape], tuple[str, ...]] = no_notes
+    custom: bool = False  # added with register_layer (dsl/custom.py), not built in
 
 
-def prod(values: tuple[int, ...]) -> int:
-    return math.prod(values) if values else 1
+prod = math.prod  # of a shape; 1 for () as for a scalar
 
 
 # --- shared parameter definitions ----------------------------------------------------------
@@ -99,14 +103,17 @@ def _dims(values: tuple[int, ...]) -> str:
 # --- convolution and pooling ---------------------------------------------------------------
 def _conv_infer(params: Params, inp: Shape) -> Shape:
     kernel, strides, dilation = params["kernel_size"], params["strides"], params["dilation_rate"]
-    if any(s > 1 for s in strides) and any(d > 1 for d in dilation):
+    if max(strides) > 1 and max(dilation) > 1:
         raise ShapeError("strides > 1 cannot be combined with dilation_rate > 1", "dilation_rate")
     spatial = inp[:-1]
+    padding = params["padding"]
     out = tuple(
-        _spatial_out(n, k, s, d, params["padding"])
-        for n, k, s, d in zip(spatial, kernel, strides, dilation, strict=True)
+        [
+            _spatial_out(n, k, s, d, padding)
+            for n, k, s, d in zip(spatial, kernel, strides, dilation, strict=True)
+        ]
     )
-    if any(o < 1 for o in out):
+    if min(out) < 1:
         effective = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
         raise ShapeError(
             f"kernel {_dims(effective)} is larger than its input {_dims(spatial)}",
@@ -116,7 +123,7 @@ def _conv_infer(params: Params, inp: Shape) -> Shape:
     return (*out, params["filters"])
 
 
-def _conv_count(params: Params, inp: Shape, out: Shape, backend: str) -> int:
+def _conv_count(params: Params, inp: Shape, out: Shape, framework: str) -> int:
     weights = prod(params["kernel_size"]) * inp[-1] * params["filters"]
     return weights + (params["filters"] if params["use_bias"] else 0)
 
@@ -152,11 +159,11 @@ def _pool_infer(params: Params, inp: Shape) -> Shape:
     pool = params["pool_size"]
     strides = params["strides"] or pool
     spatial = inp[:-1]
+    padding = params["padding"]
     out = tuple(
-        _spatial_out(n, k, s, 1, params["padding"])
-        for n, k, s in zip(spatial, pool, strides, strict=True)
+        [_spatial_out(n, k, s, 1, padding) for n, k, s in zip(spatial, pool, strides, strict=True)]
     )
-    if any(o < 1 for o in out):
+    if min(out) < 1:
         raise ShapeError(
             f"pool window {_dims(pool)} is larger than its input {_dims(spatial)}",
             "pool_size",
@@ -215,7 +222,7 @@ def _dense_infer(params: Params, inp: Shape) -> Shape:
     return (*inp[:-1], params["units"])
 
 
-def _dense_count(params: Params, inp: Shape, out: Shape, backend: str) -> int:
+def _dense_count(params: Params, inp: Shape, out: Shape, framework: str) -> int:
     return inp[-1] * params["units"] + (params["units"] if params["use_bias"] else 0)
 
 
@@ -265,7 +272,7 @@ def _reshape_infer(params: Params, inp: Shape) -> Shape:
     return target
 
 
-def _norm_count(params: Params, inp: Shape, out: Shape, backend: str) -> int:
+def _norm_count(params: Params, inp: Shape, out: Shape, framework: str) -> int:
     return 2 * inp[-1]
 
 
@@ -285,11 +292,11 @@ def _rnn_infer(params: Params, inp: Shape) -> Shape:
 def _rnn_count_for(kind: str) -> Callable[[Params, Shape, Shape, str], int]:
     gates = _RECURRENT_GATES[kind]
 
-    def count(params: Params, inp: Shape, out: Shape, backend: str) -> int:
+    def count(params: Params, inp: Shape, out: Shape, framework: str) -> int:
         units = params["units"]
         # PyTorch keeps separate input and recurrent biases; Keras one (GRU: two in both,
         # since Keras 3 defaults to reset_after=True).
-        biases = 2 if (backend == "pytorch" or kind == "GRU") else 1
+        biases = 2 if (framework == "pytorch" or kind == "GRU") else 1
         return gates * (units * (inp[-1] + units) + biases * units)
 
     return count
@@ -350,10 +357,10 @@ def _bidirectional_infer(params: Params, inp: Shape) -> Shape:
     return out
 
 
-def _bidirectional_count(params: Params, inp: Shape, out: Shape, backend: str) -> int:
+def _bidirectional_count(params: Params, inp: Shape, out: Shape, framework: str) -> int:
     inner: InnerLayer = params["layer"]
     single = inner.type.infer(inner.values, inp)
-    return 2 * inner.type.count(inner.values, inp, single, backend)
+    return 2 * inner.type.count(inner.values, inp, single, framework)
 
 
 def _bidirectional_flops(params: Params, inp: Shape, out: Shape) -> int:
@@ -371,7 +378,7 @@ def _transformer_infer(params: Params, inp: Shape) -> Shape:
     return inp
 
 
-def _transformer_count(params: Params, inp: Shape, out: Shape, backend: str) -> int:
+def _transformer_count(params: Params, inp: Shape, out: Shape, framework: str) -> int:
     width, ff = inp[-1], params["ff_dim"]
     attention = 4 * width * width + 4 * width
     feed_forward = 2 * width * ff + ff + width
@@ -526,8 +533,9 @@ def _build_registry() -> dict[str, LayerType]:
             doc="One post-norm Transformer encoder block: multi-head self-attention and a "
             "feed-forward network, each with a residual connection and layer normalization.",
             params=(
-                Param("num_heads", "int", doc="attention heads (must divide the width)", min=1),
-                Param("ff_dim", "int", doc="hidden size of the feed-forward network", min=1),
+                # defaults as in Neural DSL (neural-dsl), which also accepts the name Transformer
+                Param("num_heads", "int", 8, "attention heads (must divide the width)", min=1),
+                Param("ff_dim", "int", 512, "hidden size of the feed-forward network", min=1),
                 Param(
                     "dropout", "float", 0.1, "dropout rate", min=0.0, max=1.0, max_exclusive=True
                 ),
@@ -560,4 +568,25 @@ def _build_registry() -> dict[str, LayerType]:
 
 
 LAYERS: dict[str, LayerType] = _build_registry()
+BUILTIN_LAYERS = frozenset(LAYERS)
 RECURRENT = tuple(_RECURRENT_GATES)
+_LISTENERS: list[Callable[[str], None]] = []
+
+
+def on_registry_change(listener: Callable[[str], None]) -> None:
+    """Call ``listener(name)`` whenever a layer is added, replaced or removed (custom layers):
+    caches of anything derived from the registry (compiled programs) drop what used it."""
+    if listener not in _LISTENERS:
+        _LISTENERS.append(listener)
+
+
+def set_layer(layer: LayerType | None, name: str) -> None:
+    """Add or replace (``layer``) or remove (None) a non-built-in layer, then tell listeners."""
+    if name in BUILTIN_LAYERS:
+        raise ValueError(f"{name} is a built-in layer")
+    if layer is None:
+        LAYERS.pop(name, None)
+    else:
+        LAYERS[name] = layer
+    for listener in _LISTENERS:
+        listener(name)

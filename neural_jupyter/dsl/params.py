@@ -7,6 +7,7 @@ a range. ``bind`` checks positional/keyword arguments against it and returns con
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -85,10 +86,19 @@ class Param:
     def range_text(self) -> str:
         parts = []
         if self.min is not None:
-            parts.append(f"{'>' if self.min_exclusive else '>='} {self.min:g}")
+            parts.append(f"{'>' if self.min_exclusive else '>='} {_bound(self.min)}")
         if self.max is not None:
-            parts.append(f"{'<' if self.max_exclusive else '<='} {self.max:g}")
+            parts.append(f"{'<' if self.max_exclusive else '<='} {_bound(self.max)}")
         return " and ".join(parts)
+
+    @functools.cached_property
+    def choice_names(self) -> dict[str, str]:
+        """Each string choice by its lower-case spelling (choices match case-insensitively)."""
+        names: dict[str, str] = {}
+        for choice in self.choices:
+            if isinstance(choice, str):
+                names.setdefault(choice.lower(), choice)
+        return names
 
     def coerce(self, value: Any, rank: int = 1) -> Any:
         """Check ``value`` and return its canonical form; raise ParamError if it is wrong."""
@@ -97,9 +107,16 @@ class Param:
                 return None
             raise ParamError(f"expects {self.type_text(rank)}, got None")
         converted = _CONVERTERS[self.kind](self, value, rank)
+        low, high = self.min, self.max
+        if low is None and high is None:
+            return converted
         for number in converted if isinstance(converted, tuple) else (converted,):
             if isinstance(number, (int, float)) and not isinstance(number, bool):
-                self._check_range(number)
+                # a number strictly inside both bounds is in range, whether they are
+                # inclusive or not; only others need the exact check
+                inside = (low is None or number > low) and (high is None or number < high)
+                if not inside:
+                    self._check_range(number)
         return converted
 
     def _check_range(self, number: float) -> None:
@@ -149,9 +166,9 @@ def _to_choice(param: Param, value: Any, rank: int) -> str:
     text = value.name if isinstance(value, ir.Ident) else value
     if not isinstance(text, str):
         raise _wrong(param, value, rank)
-    for choice in param.choices:
-        if isinstance(choice, str) and choice.lower() == text.lower():
-            return choice
+    found = param.choice_names.get(text.lower())
+    if found is not None:
+        return found
     raise ParamError(
         f'expects {param.type_text(rank)}, got "{text}"',
         hint=did_you_mean(text, [c for c in param.choices if isinstance(c, str)]),
@@ -213,6 +230,32 @@ class Signature:
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
 
+    @functools.cached_property
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+    @functools.cached_property
+    def defaults(self) -> dict[str, Any]:
+        """Each optional parameter's default, checked and expanded once (defaults are
+        immutable values, so every bind can share them)."""
+        return {p.name: p.coerce(p.default, self.rank) for p in self.params if not p.required}
+
+    @functools.cached_property
+    def positions(self) -> dict[str, int]:
+        """Each parameter's index in ``params``."""
+        return {p.name: index for index, p in enumerate(self.params)}
+
+    @functools.cached_property
+    def required_names(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.params if p.required)
+
+    @functools.cached_property
+    def all_defaults(self) -> dict[str, Any]:
+        """Every parameter in order, with its default (REQUIRED for a required one): what
+        a bind starts from."""
+        defaults = self.defaults
+        return {p.name: defaults.get(p.name, REQUIRED) for p in self.params}
+
 
 def bind(
     signature: Signature,
@@ -225,51 +268,71 @@ def bind(
     ``resolve`` turns a hyper-parameter node into the value used for this compile (and
     validates its other candidates).
     """
-    values: dict[str, Any] = {}
-    spans: dict[str, ir.Span] = {}
-    positional = [a for a in args if a.name is None]
-    if len(positional) > len(signature.params):
-        extra = positional[len(signature.params)]
-        raise ParamError(
-            f"takes at most {len(signature.params)} positional argument"
-            f"{'s' if len(signature.params) != 1 else ''}, got {len(positional)}",
-            extra.span,
-        )
-    for param, arg in zip(signature.params, positional, strict=False):
-        values[param.name] = arg.value
-        spans[param.name] = arg.span
-    names = [p.name for p in signature.params]
+    params = signature.params
+    names = signature.names
+    given: dict[str, ir.Arg] = {}
+    positional = 0
     for arg in args:
         if arg.name is None:
+            if positional >= len(params):
+                count = sum(1 for a in args if a.name is None)
+                raise ParamError(
+                    f"takes at most {len(params)} positional argument"
+                    f"{'s' if len(params) != 1 else ''}, got {count}",
+                    arg.span,
+                )
+            given[names[positional]] = arg
+            positional += 1
+    for arg in args:
+        name = arg.name
+        if name is None:
             continue
-        if arg.name not in names:
+        if name not in names:
             raise ParamError(
-                f"has no parameter '{arg.name}'",
+                f"has no parameter '{name}'",
                 arg.span,
-                hint=did_you_mean(arg.name, names) or _list_hint(names),
+                hint=did_you_mean(name, names) or _list_hint(list(names)),
             )
-        if arg.name in values:
-            raise ParamError(f"gets '{arg.name}' both by position and by name", arg.span)
-        values[arg.name] = arg.value
-        spans[arg.name] = arg.span
-    bound: dict[str, Any] = {}
-    for param in signature.params:
-        if param.name not in values:
-            if param.required:
-                raise ParamError(f"needs the parameter '{param.name}'", call_span)
-            bound[param.name] = param.coerce(param.default, signature.rank)
+        if name in given:
+            raise ParamError(f"gets '{name}' both by position and by name", arg.span)
+        given[name] = arg
+    rank = signature.rank
+    if signature.required_names <= given.keys():
+        # every required parameter is given: start from all defaults (in parameter order)
+        # and set the given ones, in parameter order (hyper-parameters register in it)
+        bound = signature.all_defaults.copy()
+        positions = signature.positions
+        names_given = sorted(given, key=positions.__getitem__) if len(given) > 1 else given
+        for name in names_given:
+            bound[name] = _coerced(given[name], params[positions[name]], rank, resolve)
+        return bound
+    defaults = signature.defaults
+    bound = {}
+    for param in params:
+        name = param.name
+        arg = given.get(name)
+        if arg is None:
+            if name not in defaults:
+                raise ParamError(f"needs the parameter '{name}'", call_span)
+            bound[name] = defaults[name]
             continue
-        span = spans[param.name]
-        value = values[param.name]
-        try:
-            if isinstance(value, ir.HPO):
-                value = resolve(value, param, span)
-            bound[param.name] = param.coerce(value, signature.rank)
-        except ParamError as exc:
-            raise ParamError(
-                f"parameter '{param.name}' {exc.message}", exc.span or span, exc.hint
-            ) from None
+        bound[name] = _coerced(arg, param, rank, resolve)
     return bound
+
+
+def _coerced(
+    arg: ir.Arg, param: Param, rank: int, resolve: Callable[[ir.HPO, Param, ir.Span], Any]
+) -> Any:
+    """``arg``'s value for ``param`` (an HPO resolved first); errors name the parameter."""
+    value = arg.value
+    try:
+        if isinstance(value, ir.HPO):
+            value = resolve(value, param, arg.span)
+        return param.coerce(value, rank)
+    except ParamError as exc:
+        raise ParamError(
+            f"parameter '{param.name}' {exc.message}", exc.span or arg.span, exc.hint
+        ) from None
 
 
 def _list_hint(names: list[str]) -> str | None:
@@ -279,3 +342,10 @@ def _list_hint(names: list[str]) -> str | None:
 def frozen(mapping: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     """A hashable, ordered form of a parameter mapping for frozen dataclasses."""
     return tuple(mapping.items())
+
+
+def _bound(value: float) -> str:
+    """A range bound as people write it: 1000000 and 4294967295 as such, 0.5 as 0.5."""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:g}"

@@ -165,8 +165,8 @@ EARLY_STOPPING = Signature(
 TRAIN_SETTINGS: dict[str, Param] = {
     p.name: p
     for p in (
-        Param("epochs", "int", 10, "passes over the training data", min=1),
-        Param("batch_size", "int", 32, "samples per optimizer step", min=1),
+        Param("epochs", "int", 10, "passes over the training data", min=1, max=1_000_000),
+        Param("batch_size", "int", 32, "samples per optimizer step", min=1, max=2**31 - 1),
         Param(
             "validation_split",
             "float",
@@ -176,7 +176,14 @@ TRAIN_SETTINGS: dict[str, Param] = {
             max=1.0,
             max_exclusive=True,
         ),
-        Param("seed", "int", 42, "random seed for weights, shuffling and the split", min=0),
+        Param(
+            "seed",
+            "int",
+            42,
+            "random seed for weights, shuffling and the split",
+            min=0,
+            max=2**32 - 1,
+        ),
         Param("shuffle", "bool", True, "shuffle the training data every epoch"),
     )
 }

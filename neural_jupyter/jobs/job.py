@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from neural_jupyter.backends import get_backend
-from neural_jupyter.backends.base import Backend, RemoteJob, RemoteStatus, StreamItem
-from neural_jupyter.errors import JobCancelled, JobError, JobFailed, JobTimeout, NeuralError
+from neural_jupyter.backends.base import Backend, RemoteJob, RemoteStatus, State, StreamItem
+from neural_jupyter.errors import JobCancelled, JobError, JobFailed, JobTimeout
+from neural_jupyter.jobs import code_result
 from neural_jupyter.jobs.result import TrainingRun
 from neural_jupyter.jobs.store import JobRecord, JobStatus, JobStore
 from neural_jupyter.jobs.tracker import Tracker
-from neural_jupyter.runtime.events import LogLine
-from neural_jupyter.runtime.tail import last_lines
+from neural_jupyter.runtime.events import Event, LogLine, redacted
+from neural_jupyter.runtime.jobdir import JobDir
+from neural_jupyter.runtime.tail import read_log_lines
 
 
 class Job:
@@ -51,8 +53,13 @@ class Job:
         return Path(self.record.job_dir or ".")
 
     @property
+    def files(self) -> JobDir:
+        """The names of the job's files."""
+        return JobDir(self.directory)
+
+    @property
     def backend(self) -> Backend:
-        return get_backend(self.record.backend)
+        return get_backend(self.record.platform)
 
     def remote(self) -> RemoteJob:
         details = {
@@ -69,7 +76,7 @@ class Job:
         )
 
     def __repr__(self) -> str:
-        return f"<Job {self.id} {self.name} on {self.record.backend}: {self.record.status.value}>"
+        return f"<Job {self.id} {self.name} on {self.record.platform}: {self.record.status.value}>"
 
     # --- state ------------------------------------------------------------------------------
     @property
@@ -77,9 +84,20 @@ class Job:
         return self.refresh().status
 
     def refresh(self) -> JobRecord:
-        """Ask the backend (unless the store already has a final state) and update the store."""
+        """Ask the backend (unless the store already has a final state) and update the store.
+
+        A job that was never handed to its platform and whose launch is over (the kernel that
+        started it exited, or the launch failed without recording it) is marked FAILED.
+        """
         self.record = self.store.get(self.id)
-        if self.record.status.is_terminal or self.record.remote_id is None:
+        if self.record.status.is_terminal or self.record.damage:
+            return self.record
+        if self.record.remote_id is None:
+            from neural_jupyter.jobs.launching import abandoned_launch
+
+            reason = abandoned_launch(self.record)
+            if reason:
+                self.record = self.store.set_status(self.id, JobStatus.FAILED, error=reason)
             return self.record
         remote = self.backend.status(self.remote())
         if remote.is_terminal:
@@ -90,20 +108,30 @@ class Job:
 
     def _replay_and_finish(self, remote: RemoteStatus) -> None:
         """Read the whole (finished) stream once so the store gets the final metrics."""
+        self.tracker = Tracker(self.store, self.id)
         for item in self.backend.events(self.remote(), follow=False):
-            self.tracker.apply(item)
+            self.tracker.apply(redacted(item))
         self.tracker.finish(remote)
         self.record = self.store.get(self.id)
 
     def follow(self) -> Iterator[StreamItem]:
         """The job's events as they happen (from the start), ending when the job does.
 
-        Yields ``None`` heartbeats while waiting. The store is updated along the way.
+        Yields ``None`` heartbeats while waiting. The store is updated along the way. Every
+        item is redacted here, so no consumer (monitor, store, sweep) sees a secret.
         """
         self.tracker = Tracker(self.store, self.id)
         if self.record.remote_id is None:
-            raise JobError(f"job {self.id} was never started", job_id=self.id)
-        for item in self.backend.events(self.remote(), follow=True):
+            record = self.refresh()
+            if record.status.is_terminal:
+                return
+            raise JobError(
+                f"job {self.id} was never started ({record.status.value})",
+                job_id=self.id,
+                hint=f"%neural_cancel {self.id} or %neural_rm {self.id} clears it",
+            )
+        for raw in self.backend.events(self.remote(), follow=True):
+            item = redacted(raw)
             self.tracker.apply(item)
             yield item
         remote = self.backend.status(self.remote())
@@ -117,20 +145,19 @@ class Job:
                 hint=f"it may still be running: %neural_attach {self.id} later",
             )
         self.tracker.finish(remote)
-        self._fetch_artifacts(remote)
+        self._bring_back_outputs(remote)
         self.record = self.store.get(self.id)
 
-    def _fetch_artifacts(self, remote: RemoteStatus) -> None:
-        """Bring a finished remote job's outputs next to its bundle (local jobs have them)."""
-        if remote.state != "SUCCEEDED" or self.record.backend == "local":
+    def _bring_back_outputs(self, remote: RemoteStatus) -> None:
+        """A finished job's outputs next to its bundle, once (``Backend.bring_back_outputs``:
+        a no-op when the platform's stream brought them already); also after a failure, for
+        its checkpoint or the exception a user-code job raised."""
+        if remote.state not in State.WITH_OUTPUTS:
             return
-        output = self.bundle_dir / "output"
-        if (output / "history.json").exists():
-            return
-        try:
-            self.backend.fetch_artifacts(self.remote(), output)
-        except NeuralError as exc:
-            self.tracker.stderr_tail.append(f"artifacts not fetched: {exc}")
+        for item in self.backend.bring_back_outputs(self.remote()):
+            message = str(item.get("message", "")) if isinstance(item, Event) else ""
+            if message.startswith("could not"):
+                self.tracker.stderr_tail.append(message)
 
     def _await_terminal(self, poll: float = 0.5, patience: float = 600.0) -> RemoteStatus:
         """Poll until the job ends; give up (UNKNOWN) after ``patience`` s of no answer."""
@@ -164,16 +191,29 @@ class Job:
                 )
         return self.record
 
-    def result(self) -> TrainingRun:
-        """The finished run; raises ``JobFailed``, ``JobTimeout`` or ``JobCancelled``."""
-        record = self.wait()
+    def result(self) -> Any:
+        """The finished run; raises ``JobFailed``, ``JobTimeout`` or ``JobCancelled``.
+
+        A model job gives its ``TrainingRun``; a user-code job its function's value, its
+        cell's outputs (a dict) or its ``ScriptRun`` (an exception in the code raises
+        ``RemoteError``).
+        """
+        self.wait()
+        return self.outcome()
+
+    def outcome(self) -> Any:
+        """What ``result()`` returns, for a job that has ended (raises if it ended badly)."""
         self.raise_for_status()
-        return TrainingRun.from_directory(record, self.bundle_dir)
+        if code_result.is_code_job(self.record):
+            return code_result.load_code_result(self)
+        return TrainingRun.from_directory(self.record, self.bundle_dir)
 
     def raise_for_status(self) -> None:
         record = self.record
         if record.status is JobStatus.SUCCEEDED:
             return
+        if record.status is JobStatus.FAILED and code_result.is_code_job(record):
+            code_result.raise_code_error(self)
         if record.status is JobStatus.CANCELLED:
             raise JobCancelled(f"job {self.id} was cancelled", job_id=self.id)
         if record.status is JobStatus.FAILED:
@@ -191,28 +231,42 @@ class Job:
 
     # --- actions ----------------------------------------------------------------------------
     def cancel(self) -> JobRecord:
-        """Stop the job (its whole process tree, or the remote job) and record CANCELLED."""
+        """Stop the job (its whole process tree, or the remote job) and record CANCELLED.
+
+        Works on a job in any state: one never handed to its platform (a launch that failed or
+        was interrupted) has nothing to stop and is simply marked CANCELLED; a damaged row too.
+        """
+        record = self.store.get(self.id)
+        if record.damage or record.remote_id is None:
+            self.record = self.store.set_status(
+                self.id, JobStatus.CANCELLED, error="cancelled (it had not started)"
+            )
+            return self.record
         record = self.refresh()
         if record.status.is_terminal:
             return record
-        self.backend.cancel(self.remote())
-        self.record = self.store.set_status(self.id, JobStatus.CANCELLED, error="cancelled")
+        try:
+            self.backend.cancel(self.remote())
+        except JobError as exc:  # nothing left to stop (no process, no remote job)
+            note = f"cancelled ({exc.message})"
+        else:
+            note = "cancelled"
+        self.record = self.store.set_status(self.id, JobStatus.CANCELLED, error=note)
         return self.record
 
     @property
     def bundle_dir(self) -> Path:
-        return self.directory / "bundle"
+        return self.files.bundle
 
     def logs(self, tail: int | None = None, stream: str = "both") -> list[str]:
-        """Plain log lines (events left out); ``tail`` keeps the last N."""
-        lines: list[str] = []
+        """Plain log lines (events left out), redacted; ``tail`` keeps the last N."""
+        from neural_jupyter import validation
+
+        tail = validation.optional_integer("--tail", tail, 0, validation.MAX_LIMIT)
         streams = ("stdout", "stderr") if stream == "both" else (stream,)
+        lines: list[str] = []
         for name in streams:
-            path = self.directory / f"{name}.log"
-            source = last_lines(path, (tail or 0) * 4 + 200) if tail else None
-            if source is None:
-                source = path.read_text(errors="replace").splitlines() if path.exists() else []
-            lines.extend(line for line in source if not line.startswith('{"event"'))
+            lines.extend(read_log_lines(self.files.log(name), tail))
         return lines[-tail:] if tail else lines
 
     def dsl_location(self) -> str | None:
@@ -220,8 +274,8 @@ class Job:
         error = self.tracker.progress.error
         text = (error or {}).get("traceback") or "\n".join(self.logs(stream="stderr")[-60:])
         frames = re.findall(r'File ".*train\.py", line (\d+)', text)
-        script = self.bundle_dir / "train.py"
-        spec_file = self.bundle_dir / "spec.json"
+        script = self.files.train_script
+        spec_file = self.files.spec
         if not frames or not script.exists() or not spec_file.exists():
             return None
         code = script.read_text().splitlines()

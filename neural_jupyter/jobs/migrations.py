@@ -54,4 +54,39 @@ CREATE INDEX instances_job_id ON instances (job_id);
 CREATE INDEX instances_live ON instances (terminated_at);
 """
 
-MIGRATIONS: tuple[str, ...] = (V1_JOBS, V2_INSTANCES)
+V3_ENDPOINTS = """
+-- deployed models (neural_jupyter.deploy), so none is forgotten billing. A live endpoint has
+-- no deleted_at; its idempotency key (model artifact + platform + name) and its name on its
+-- platform are unique among the live ones, so a re-run cell finds it instead of a second.
+CREATE TABLE endpoints (
+    id              TEXT PRIMARY KEY,
+    name            TEXT NOT NULL,
+    platform        TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    job_id          TEXT,
+    model_name      TEXT,
+    artifact        TEXT,
+    artifact_digest TEXT,
+    remote_id       TEXT,
+    url             TEXT,
+    instance_type   TEXT,
+    replicas        INTEGER NOT NULL DEFAULT 1,
+    hourly_price    REAL,
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL,
+    in_service_at   TEXT,
+    last_invoked_at TEXT,
+    deleted_at      TEXT,
+    expires_at      TEXT,
+    owner_pid       INTEGER,
+    owner_host      TEXT,
+    details         TEXT NOT NULL DEFAULT '{}',
+    error           TEXT
+);
+CREATE UNIQUE INDEX endpoints_live_key ON endpoints (idempotency_key) WHERE deleted_at IS NULL;
+CREATE UNIQUE INDEX endpoints_live_name ON endpoints (platform, name) WHERE deleted_at IS NULL;
+CREATE INDEX endpoints_created_at ON endpoints (created_at);
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1_JOBS, V2_INSTANCES, V3_ENDPOINTS)

@@ -8,6 +8,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from neural_jupyter.errors import MissingDependencyError
+from neural_jupyter.jobs.trial import Trial
 from neural_jupyter.paths import home
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -16,6 +17,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def _suggest(trial: Any, dimension: Dimension) -> Any:
+    if dimension.kind == "choice" and dimension.parts:
+        # a choice among search spaces: first which option, then a value inside it
+        pick = trial.suggest_categorical(f"{dimension.name}:option", list(range(dimension.options)))
+        if pick < len(dimension.values):
+            return dimension.values[pick]
+        return _suggest(trial, dimension.parts[pick - len(dimension.values)])
     if dimension.kind == "choice":
         return trial.suggest_categorical(dimension.name, list(dimension.values))
     log = dimension.kind == "log_range"
@@ -36,8 +43,6 @@ def run_optuna(sweep: Sweep) -> None:
         import optuna
     except ImportError:
         raise MissingDependencyError("optuna", "optuna", "The optuna sweep strategy") from None
-    from neural_jupyter.jobs.sweeps import Trial
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = home() / "sweeps" / sweep.id
     folder.mkdir(parents=True, exist_ok=True)
@@ -54,7 +59,7 @@ def run_optuna(sweep: Sweep) -> None:
         if past.state in finished:
             trial = Trial(
                 len(sweep.trials),
-                dict(past.params),
+                dict(past.user_attrs.get("params") or past.params),
                 sweep.seeds[0],
                 job_id=past.user_attrs.get("job_id"),
                 reused=True,
@@ -66,6 +71,7 @@ def run_optuna(sweep: Sweep) -> None:
 
     def objective(optuna_trial: Any) -> float:
         params = {name: _suggest(optuna_trial, dim) for name, dim in sweep.space.dimensions.items()}
+        optuna_trial.set_user_attr("params", params)  # the values, whatever optuna drew
         trial = Trial(len(sweep.trials), params, sweep.seeds[0])
         sweep.trials.append(trial)
 

@@ -27,10 +27,20 @@ class Dimension:
     high: float | None = None
     step: float | None = None
     integer: bool = False
+    # a choice among search spaces (Neural DSL nests them: choice(HPO(range(...)), 512));
+    # the literal options stay in ``values``
+    parts: tuple[Dimension, ...] = ()
+
+    @property
+    def options(self) -> int:
+        return len(self.values) + len(self.parts)
 
     def grid(self) -> tuple[Any, ...]:
         if self.kind == "choice":
-            return self.values
+            values = list(self.values)
+            for part in self.parts:
+                values += [v for v in part.grid() if v not in values]
+            return tuple(values)
         if self.step is None:
             raise ConfigurationError(
                 f"grid search needs discrete values for '{self.name}' ({self.kind} has no step)",
@@ -42,7 +52,10 @@ class Dimension:
 
     def sample(self, rng: random.Random) -> Any:
         if self.kind == "choice":
-            return rng.choice(self.values)
+            pick = rng.randrange(self.options)  # every option, nested or not, equally likely
+            if pick < len(self.values):
+                return self.values[pick]
+            return self.parts[pick - len(self.values)].sample(rng)
         if self.kind == "log_range":
             value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
         elif self.step is not None:
@@ -56,7 +69,13 @@ def _dimension(name: str, node: HPO) -> Dimension:
     integer = node.kind != "choice" and all(
         isinstance(v, int) for v in (node.low, node.high, node.step) if v is not None
     )
-    return Dimension(name, node.kind, node.options, node.low, node.high, node.step, integer)
+    values = tuple(v for v in node.options if not isinstance(v, HPO))
+    parts = tuple(
+        _dimension(f"{name}:{index}", v)
+        for index, v in enumerate(node.options)
+        if isinstance(v, HPO)
+    )
+    return Dimension(name, node.kind, values, node.low, node.high, node.step, integer, parts)
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, tuple[Any, ...]]:

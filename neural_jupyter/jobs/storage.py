@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Protocol
 
-from neural_jupyter.errors import ConfigurationError, MissingDependencyError
+from neural_jupyter.errors import ConfigurationError, MissingDependencyError, PlatformAuthError
 
 
 class Storage(Protocol):
@@ -88,6 +88,26 @@ class S3Storage:
                 raise MissingDependencyError("boto3", "sagemaker", "S3 storage") from None
             self._client = boto3.client("s3")
         return self._client
+
+    def check(self) -> None:
+        """Refuse now, before any trial runs, when boto3 finds no AWS credentials."""
+        if self._client is not None:  # a client was given: its owner chose its credentials
+            return
+        try:
+            import boto3
+        except ImportError:
+            raise MissingDependencyError("boto3", "sagemaker", "S3 storage") from None
+        if boto3.Session().get_credentials() is None:
+            raise PlatformAuthError(
+                f"--storage {self.url} needs AWS credentials, and boto3 found none",
+                platform="s3",
+                hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE (or run "
+                "'aws configure'), or give --storage a local directory",
+            )
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
 
     def _key(self, key: str) -> str:
         return "/".join(p for p in (self.prefix, _clean(key)) if p)

@@ -1,4 +1,4 @@
-"""The SQLite job store: every job started from this machine, on any backend, and the paid
+"""The SQLite job store: every job started from this machine, on any platform, and the paid
 cloud instances those jobs launched.
 
 One file (``home()/jobs.sqlite`` by default) is shared by every kernel of the user. Each
@@ -39,10 +39,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from neural_jupyter import paths
+from neural_jupyter import paths, validation
+from neural_jupyter.deprecation import alias_property, renamed_parameters
 from neural_jupyter.errors import JobStoreError
 from neural_jupyter.jobs.migrations import MIGRATIONS
-from neural_jupyter.redaction import redact
+from neural_jupyter.redaction import redact, redact_value
 
 SCHEMA_VERSION = len(MIGRATIONS)
 STORE_FILENAME = "jobs.sqlite"
@@ -51,6 +52,7 @@ ID_PREFIX = "nj-"
 MAX_ERROR_CHARS = 4000
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+_CHECKED: set[tuple[int, str]] = set()  # (process, store file) already checked and migrated
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 
@@ -116,7 +118,7 @@ class JobRecord:
 
     id: str
     name: str
-    backend: str
+    platform: str  # where it runs: local, ssh, sagemaker, ... (column ``backend``)
     status: JobStatus
     created_at: str
     updated_at: str
@@ -133,6 +135,11 @@ class JobRecord:
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     sweep_id: str | None = None
     host: str | None = None
+    # why this row could not be read in full (a column that is not JSON, a missing column,
+    # an unknown status); None for a sound row. Never stored: found when reading.
+    damage: str | None = None
+
+    backend = alias_property("backend", "platform")  # the old word for the platform
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,11 +157,16 @@ class InstanceRecord:
     hourly_price: float | None
 
 
-JOB_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(JobRecord))
+JOB_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(JobRecord) if f.name != "damage"
+)
+# a field whose column has another name: the platform's column keeps its first name (no
+# migration of users' stores for a word)
+_COLUMNS = {"platform": "backend"}
 _JSON_FIELDS = frozenset({"metrics", "artifacts", "config"})
-_REQUIRED_TEXT = frozenset({"name", "backend"})
+_REQUIRED_TEXT = frozenset({"name", "platform"})
 _CREATE_FIELDS = frozenset(
-    {"name", "backend", "job_dir", "model_name", "config", "sweep_id", "status"}
+    {"name", "platform", "job_dir", "model_name", "config", "sweep_id", "status"}
 )
 # status goes through set_status (timestamps, terminal protection); ids and creation are fixed
 UPDATABLE_FIELDS = frozenset(JOB_FIELDS) - {"id", "created_at", "updated_at", "status"}
@@ -198,11 +210,12 @@ class JobStore:
 
     # ----------------------------------------------------------------------------- jobs
 
+    @renamed_parameters(backend="platform")
     def create(
         self,
         *,
         name: str,
-        backend: str,
+        platform: str,
         idempotency_key: str | None = None,
         job_dir: str | os.PathLike[str] | None = None,
         model_name: str | None = None,
@@ -217,7 +230,7 @@ class JobStore:
         """
         fields = {
             "name": name,
-            "backend": backend,
+            "platform": platform,
             "idempotency_key": idempotency_key,
             "job_dir": job_dir,
             "model_name": model_name,
@@ -225,12 +238,14 @@ class JobStore:
             "sweep_id": sweep_id,
         }
         with self._write() as conn:
+            self._check_columns(conn)
             if idempotency_key is not None:
                 existing = _select_one(conn, "idempotency_key", idempotency_key)
                 if existing is not None:
                     raise DuplicateIdempotencyKeyError(idempotency_key, existing)
             return _insert_job(conn, fields, _coerce_status(status))
 
+    @renamed_parameters(backend="platform")
     def create_or_get(self, *, idempotency_key: str, **fields: Any) -> tuple[JobRecord, bool]:
         """The job with ``idempotency_key``, created from ``fields`` if there is none yet.
 
@@ -244,6 +259,7 @@ class JobStore:
         if unknown:
             raise TypeError(f"create_or_get() got unexpected field(s): {sorted(unknown)}")
         with self._write() as conn:
+            self._check_columns(conn)
             existing = _select_one(conn, "idempotency_key", idempotency_key)
             if existing is not None:
                 return existing, False
@@ -267,6 +283,7 @@ class JobStore:
         with self._read() as conn:
             return _select_one(conn, "idempotency_key", idempotency_key)
 
+    @renamed_parameters(backend="platform")
     def update(self, job_id: str, **fields: Any) -> JobRecord:
         """Set some fields of a job (see ``UPDATABLE_FIELDS``) and ``updated_at``.
 
@@ -305,9 +322,15 @@ class JobStore:
         exit_code: int | None = None,
         error: str | None = None,
         metrics: Mapping[str, Any] | None = None,
+        at: str | None = None,
+        started_at: str | None = None,
     ) -> JobRecord:
         """Move a job to ``status``; sets ``started_at`` on entering RUNNING (first time only)
         and ``finished_at`` on entering a terminal state.
+
+        ``at`` is when the change happened (default: now) — the job's own event time, so a
+        job whose events are read long after it ended still gets its real times;
+        ``started_at`` (an event time too) corrects the start recorded earlier.
 
         A terminal status is final: any later change (a late RUNNING from a slow monitor, a
         second terminal status from a racing cancel) leaves the record as it is and returns
@@ -320,11 +343,14 @@ class JobStore:
             if record.status.is_terminal:
                 return record
             now = utc_now()
+            when = at or now
             values: dict[str, Any] = {"status": new.value, "updated_at": now}
             if new is JobStatus.RUNNING and record.started_at is None:
-                values["started_at"] = now
+                values["started_at"] = when
+            if started_at is not None:
+                values["started_at"] = started_at
             if new.is_terminal:
-                values["finished_at"] = now
+                values["finished_at"] = when
             if exit_code is not None:
                 values["exit_code"] = _encode("exit_code", exit_code)
             if error is not None:
@@ -334,15 +360,16 @@ class JobStore:
             _update_row(conn, record.id, values)
             return _get_by_id(conn, record.id)
 
+    @renamed_parameters(backend="platform")
     def list(
         self,
         status: JobStatus | str | Iterable[JobStatus | str] | None = None,
-        backend: str | None = None,
+        platform: str | None = None,
         limit: int | None = None,
         sweep_id: str | None = None,
     ) -> list[JobRecord]:
         """Jobs, newest first, optionally only those with a status (or any of several
-        statuses), a backend or a sweep; at most ``limit`` of them."""
+        statuses), a platform or a sweep; at most ``limit`` of them."""
         clauses: list[str] = []
         params: list[Any] = []
         if status is not None:
@@ -350,9 +377,9 @@ class JobStore:
             statuses = [_coerce_status(s).value for s in wanted]
             clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
             params.extend(statuses)
-        if backend is not None:
-            clauses.append("backend = ?")
-            params.append(backend)
+        if platform is not None:
+            clauses.append(f"{_COLUMNS['platform']} = ?")
+            params.append(platform)
         if sweep_id is not None:
             clauses.append("sweep_id = ?")
             params.append(sweep_id)
@@ -361,9 +388,8 @@ class JobStore:
             sql += " WHERE " + " AND ".join(clauses)
         # rowid breaks ties between jobs created in the same microsecond
         sql += " ORDER BY created_at DESC, rowid DESC"
+        limit = validation.limit(limit)
         if limit is not None:
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-                raise ValueError(f"limit must be a non-negative integer, not {limit!r}")
             sql += " LIMIT ?"
             params.append(limit)
         with self._read() as conn:
@@ -469,9 +495,16 @@ class JobStore:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() and self.path.stat().st_size > 0:
+        checked = (os.getpid(), str(self.path.resolve()))
+        if checked not in _CHECKED and self.path.exists() and self.path.stat().st_size > 0:
+            # Once per process and file: reading the header opens and closes the file outside
+            # SQLite, and on POSIX closing any descriptor of a file drops every lock this
+            # process holds on it, those of its open SQLite connections included. Another
+            # kernel could then take itself for the last user, checkpoint and unlink the WAL
+            # under this process, which would go on reading a stale copy.
             self._check_existing()
         self._migrate()
+        _CHECKED.add(checked)
         self._ready = True
         with self._connect():  # opens the idle connection
             pass
@@ -533,6 +566,19 @@ class JobStore:
                     ) from exc
                 raise
 
+    def _check_columns(self, conn: sqlite3.Connection) -> None:
+        """Refuse to record a new job in a store that lost a column (it could not follow the
+        job to its end); existing rows still list, shown as damaged."""
+        present = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        missing = [_column(name) for name in JOB_FIELDS if _column(name) not in present]
+        if missing:
+            raise JobStoreError(
+                f"the job store {self.path} has no column {', '.join(missing)}; no new job "
+                "is recorded (or started) in it",
+                hint="a column of the job store was dropped; move the file aside (a new store "
+                "is created on next use) or restore it from a backup",
+            )
+
     def _newer(self, version: int) -> JobStoreError:
         return JobStoreError(
             f"the job store {self.path} was written by a newer neural-jupyter (schema version "
@@ -588,12 +634,15 @@ class JobStore:
             yield conn
         except sqlite3.OperationalError as exc:
             busy = "locked" in str(exc) or "busy" in str(exc)
-            raise JobStoreError(
-                f"job store {self.path}: {exc}",
-                hint=f"another process held it for more than {BUSY_TIMEOUT_S:g} s"
-                if busy
-                else None,
-            ) from exc
+            hint = f"another process held it for more than {BUSY_TIMEOUT_S:g} s" if busy else None
+            if "disk is full" in str(exc) or "disk I/O error" in str(exc):
+                hint = f"free some space on the disk holding {self.path.parent}"
+            elif "no such column" in str(exc) or "has no column" in str(exc):
+                hint = (
+                    "a column of the job store was dropped; move the file aside (a new store "
+                    "is created on next use) or restore it from a backup"
+                )
+            raise JobStoreError(f"job store {self.path}: {exc}", hint=hint) from exc
         except sqlite3.Error as exc:
             raise JobStoreError(f"job store {self.path}: {exc}") from exc
         finally:
@@ -681,7 +730,7 @@ def _insert_job(
     conn: sqlite3.Connection, fields: Mapping[str, Any], status: JobStatus
 ) -> JobRecord:
     now = utc_now()
-    values = {name: _encode(name, value) for name, value in fields.items()}
+    values = {_column(name): _encode(name, value) for name, value in fields.items()}
     values.update(status=status.value, created_at=now, updated_at=now)
     if status is JobStatus.RUNNING:
         values["started_at"] = now
@@ -700,8 +749,13 @@ def _insert_job(
 
 def _update_row(conn: sqlite3.Connection, job_id: str, values: Mapping[str, Any]) -> None:
     # column names come from the JOB_FIELDS whitelist, never from user text
-    assignments = ", ".join(f"{name} = ?" for name in values)
+    assignments = ", ".join(f"{_column(name)} = ?" for name in values)
     conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*values.values(), job_id])
+
+
+def _column(field: str) -> str:
+    """The jobs table's column for a ``JobRecord`` field."""
+    return _COLUMNS.get(field, field)
 
 
 def _update_instance_row(conn: sqlite3.Connection, pk: int, values: Mapping[str, Any]) -> None:
@@ -738,7 +792,9 @@ def _resolve(conn: sqlite3.Connection, job_id: str) -> JobRecord:
         ).fetchall()
     ids = sorted({row["id"] for row in matches})
     if not ids:
-        raise JobNotFoundError(ref, hint="JobStore.list() shows the jobs there are")
+        raise JobNotFoundError(
+            ref, hint="%neural_jobs lists the jobs there are (Python: neural_jupyter.jobs.list())"
+        )
     if len(ids) > 1:
         raise AmbiguousJobIdError(ref, ids[:10] + (["..."] if len(ids) > 10 else []))
     return _get_by_id(conn, ids[0])
@@ -752,14 +808,43 @@ def _get_instance(conn: sqlite3.Connection, pk: int | None) -> InstanceRecord:
 
 
 def _record(row: sqlite3.Row) -> JobRecord:
-    values = {name: row[name] for name in JOB_FIELDS}
+    """A row as a ``JobRecord``; a damaged row (a JSON column that is not JSON, a missing
+    column, an unknown status) still gives one, with ``damage`` saying what is wrong, so one
+    bad row never hides the others."""
+    present = set(row.keys())
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for name in JOB_FIELDS:
+        if _column(name) in present:
+            values[name] = row[_column(name)]
+        else:
+            problems.append(f"column {_column(name)} is missing")
+            values[name] = None
+    for name in ("id", "name", "platform", "created_at", "updated_at"):
+        if not isinstance(values[name], str):
+            if _column(name) in present:
+                problems.append(f"{_column(name)} is not text")
+            values[name] = str(values[name]) if values[name] is not None else "?"
     for name in _JSON_FIELDS:
-        values[name] = json.loads(values[name]) if values[name] else {}
+        raw = values[name]
+        try:
+            parsed = json.loads(raw) if raw else {}
+        except (TypeError, ValueError):
+            parsed = None
+        if not isinstance(parsed, dict):
+            if name in present:
+                problems.append(f"{name} is not a JSON object")
+            parsed = {}
+        values[name] = parsed
     try:
         values["status"] = JobStatus(values["status"])
     except ValueError:
+        problems.append(f"unknown status {str(values['status'])[:20]!r}")
         values["status"] = JobStatus.UNKNOWN
-    return JobRecord(**values)
+    if values["exit_code"] is not None and not isinstance(values["exit_code"], int):
+        problems.append("exit_code is not a number")
+        values["exit_code"] = None
+    return JobRecord(**values, damage="; ".join(problems) or None)
 
 
 def _instance(row: sqlite3.Row) -> InstanceRecord:
@@ -774,17 +859,27 @@ def _coerce_status(status: JobStatus | str) -> JobStatus:
         raise ValueError(f"unknown job status {status!r}; expected one of {names}") from None
 
 
+# Fields the library makes itself (paths, ids, keys): stored as they are. Every other text
+# and JSON field is redacted here, the one write path of the store, so no secret reaches the
+# file (its pages or its WAL) whatever a caller passes.
+_STRUCTURAL = frozenset({"job_dir", "remote_id", "idempotency_key", "artifacts", "sweep_id"})
+
+
 def _encode(name: str, value: Any) -> Any:
-    """A job field's value as stored in its column, checked for type."""
+    """A job field's value as stored in its column, checked for type and redacted."""
     if name in _JSON_FIELDS:
         if not isinstance(value, Mapping):
             raise TypeError(f"job field {name!r} must be a dict, not {type(value).__name__}")
         if name == "artifacts":
             value = {str(k): os.fspath(v) for k, v in value.items()}
         try:
-            return json.dumps(dict(value), default=_json_default, sort_keys=True)
+            # a round trip through JSON first: numpy values and paths become plain values
+            plain = json.loads(json.dumps(dict(value), default=_json_default))
         except (TypeError, ValueError) as exc:
             raise TypeError(f"job field {name!r} is not JSON-serialisable: {exc}") from exc
+        if name not in _STRUCTURAL:
+            plain = redact_value(plain)
+        return json.dumps(plain, sort_keys=True)
     if name == "exit_code":
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise TypeError(f"exit_code must be an int or None, not {value!r}")
@@ -794,7 +889,10 @@ def _encode(name: str, value: Any) -> Any:
         return redact(_text(name, value))[:MAX_ERROR_CHARS]
     if name == "job_dir" and value is not None:
         return os.fspath(value)
-    return _text(name, value, required=name in _REQUIRED_TEXT)
+    text = _text(name, value, required=name in _REQUIRED_TEXT)
+    if text is not None and name not in _STRUCTURAL and name != "platform":
+        text = redact(text)
+    return text
 
 
 def _text(name: str, value: Any, *, required: bool = False) -> str | None:

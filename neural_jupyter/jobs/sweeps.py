@@ -1,10 +1,10 @@
-"""Sweeps: many trainings of one model over a search space × seeds, on any backend.
+"""Sweeps: many trainings of one model over a search space × seeds, on any platform.
 
 Every trial is an ordinary job, keyed by a hash of its full configuration (model source,
 hyper-parameters, seed, run settings, data). Running the same sweep again therefore resumes:
 finished trials are reused, running ones are re-attached, failed or lost ones are queued
 again as a new attempt. A failing trial never stops the sweep; concurrency is bounded by
-``parallel`` and by the backend's own limit.
+``parallel`` and by the platform's own limit.
 """
 
 from __future__ import annotations
@@ -18,50 +18,25 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
+from neural_jupyter import validation
 from neural_jupyter.backends import get_backend
 from neural_jupyter.backends.base import ResourceSpec
-from neural_jupyter.compiler import CompiledModel, compile_model
+from neural_jupyter.deprecation import alias_property, renamed_parameters
 from neural_jupyter.errors import ConfigurationError, NeuralError
 from neural_jupyter.jobs.job import Job
-from neural_jupyter.jobs.launch import start
+from neural_jupyter.jobs.launch import TrainableModel, start
 from neural_jupyter.jobs.space import SETTING_KEYS, SearchSpace, parse_grid
 from neural_jupyter.jobs.storage import Storage, storage_for
 from neural_jupyter.jobs.store import JobStatus, JobStore
+from neural_jupyter.jobs.trial import Trial
 from neural_jupyter.runtime import data as data_module
 from neural_jupyter.runtime.bundle import RunSettings
 
 STRATEGIES = ("grid", "random", "optuna")
 REUSABLE = (JobStatus.SUCCEEDED,)
 ATTACHABLE = (JobStatus.PENDING, JobStatus.RUNNING)
-
-
-@dataclasses.dataclass
-class Trial:
-    index: int
-    params: dict[str, Any]
-    seed: int
-    key: str = ""
-    job_id: str | None = None
-    status: str = "QUEUED"
-    metric: float | None = None
-    duration: float | None = None
-    reused: bool = False
-    attempt: int = 0
-    error: str | None = None
-
-    def row(self, metric: str) -> dict[str, Any]:
-        return {
-            "trial": self.index,
-            **self.params,
-            "seed": self.seed,
-            "status": self.status,
-            metric: self.metric,
-            "duration": self.duration,
-            "job_id": self.job_id,
-            "reused": self.reused,
-        }
 
 
 def _hash(value: Any) -> str:
@@ -80,19 +55,35 @@ def best_of(history: Sequence[Mapping[str, Any]], metric: str, mode: str) -> flo
     return max(values) if mode == "max" else min(values)
 
 
-class Sweep:
-    """A sweep over ``model``'s search space; ``run()`` returns a ``SweepResult``."""
+class SweepModel(TrainableModel, Protocol):
+    """What a sweep needs of a model (a ``CompiledModel`` is one)."""
 
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def search_space(self) -> dict[str, Any]: ...
+
+    def with_hparams(self, **values: Any) -> SweepModel: ...
+
+
+class Sweep:
+    """A sweep over ``model``'s search space; ``run()`` returns a ``SweepResult``.
+
+    ``model`` is a compiled model; ``neural_jupyter.Sweep`` takes model source too.
+    """
+
+    @renamed_parameters(backend="platform")
     def __init__(
         self,
-        model: CompiledModel | str,
+        model: SweepModel,
         data: Any,
         *,
-        strategy: str = "grid",
+        strategy: str | None = None,
         trials: int | None = None,
         seeds: int | Sequence[int] = 1,
-        parallel: int = 1,
-        backend: str = "local",
+        parallel: int | None = None,
+        platform: str = "local",
         metric: str = "val_loss",
         mode: str | None = None,
         timeout_per_trial: float | None = None,
@@ -107,24 +98,38 @@ class Sweep:
         sampler_seed: int = 0,
         on_update: Callable[[Sweep, Trial], None] | None = None,
     ) -> None:
-        self.model = compile_model(model) if isinstance(model, str) else model
+        if isinstance(model, str):
+            raise ConfigurationError(
+                "jobs.sweeps.Sweep takes a compiled model",
+                hint="compile it first, or use neural_jupyter.Sweep, which takes model source",
+            )
+        self.model = model
+        from_source = strategy is None and self.model.spec.train.strategy is not None
+        # default: the model's own search_method (Neural DSL), else every combination
+        strategy = strategy or self.model.spec.train.strategy or "grid"
         if strategy not in STRATEGIES:
             raise ConfigurationError(
                 f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}"
             )
         if strategy in ("random", "optuna") and not trials:
-            raise ConfigurationError(f"the {strategy} strategy needs --trials N")
-        if parallel < 1:
-            raise ConfigurationError(f"--parallel must be at least 1, got {parallel}")
+            origin = " (the model's search_method)" if from_source else ""
+            raise ConfigurationError(
+                f"the {strategy} strategy{origin} needs --trials N",
+                hint="or --strategy grid to try every combination" if from_source else None,
+            )
+        trials = validation.optional_integer("--trials", trials, 1, validation.MAX_TRIALS)
+        if parallel is not None:
+            parallel = validation.integer("--parallel", parallel, 1, validation.MAX_PARALLEL)
+        timeout_per_trial = validation.seconds("--timeout-per-trial", timeout_per_trial)
         self.strategy = strategy
         self.trials_wanted = trials
-        self.seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+        if isinstance(seeds, (list, tuple, range)):
+            self.seeds = [validation.integer("--seeds", s, 0, validation.MAX_SEED) for s in seeds]
+        else:
+            self.seeds = list(range(validation.integer("--seeds", seeds, 1, validation.MAX_SEEDS)))
         if not self.seeds:
             raise ConfigurationError("--seeds must be at least 1")
-        self.backend = backend
-        runner = get_backend(backend)
-        limit = getattr(runner, "max_parallel", None)
-        self.parallel = min(parallel, limit) if limit else parallel
+        self.platform = platform
         self.metric = metric
         self.mode = mode or ("max" if "accuracy" in metric else "min")
         if self.mode not in ("min", "max"):
@@ -137,14 +142,22 @@ class Sweep:
             self.model.spec, data, val=val, target=target, namespace=namespace
         )
         self.resources = resources or ResourceSpec(timeout_seconds=timeout_per_trial)
+        # at most what the platform runs at once (a Ray cluster: what its resources hold);
+        # without --parallel, that many (1 where the platform knows no limit)
+        limit = get_backend(platform).capacity(self.resources)
+        wanted = parallel if parallel is not None else (limit or 1)
+        self.parallel = max(1, min(wanted, limit)) if limit else wanted
         self.store = store or JobStore()
         self.storage = storage_for(storage)
+        check = getattr(self.storage, "check", None)
+        if callable(check):
+            check()  # e.g. S3 credentials, before any trial starts
         self.on_update = on_update
         fingerprint = {
             "source": self.model.source,
             "network": self.model.name,
             "data": self.dataset.fingerprint()[:16],
-            "backend": backend,
+            "backend": platform,  # the key's first name, kept: a sweep's id must not change
             "strategy": strategy,
             "space": sorted(self.space.dimensions),
             "metric": metric,
@@ -169,11 +182,13 @@ class Sweep:
         return trials
 
     # --- one trial ----------------------------------------------------------------------------
+    backend = alias_property("backend", "platform")  # the old word for the platform
+
     def trial_key(self, trial: Trial, attempt: int) -> str:
         base = _hash({"sweep": self.id, "params": trial.params, "seed": trial.seed})
         return f"{self.id}-{base}" + (f"-r{attempt}" if attempt else "")
 
-    def _compiled(self, trial: Trial) -> tuple[CompiledModel, RunSettings]:
+    def _compiled(self, trial: Trial) -> tuple[SweepModel, RunSettings]:
         hparams = {k: v for k, v in trial.params.items() if k not in SETTING_KEYS}
         overrides = {k: v for k, v in trial.params.items() if k in SETTING_KEYS}
         model = self.model.with_hparams(**hparams) if hparams else self.model
@@ -216,7 +231,7 @@ class Sweep:
                     model,
                     self.dataset,
                     settings,
-                    backend=self.backend,
+                    platform=self.platform,
                     resources=self.resources,
                     name=f"{self.model.name}#{trial.index}",
                     idempotency_key=self.trial_key(trial, trial.attempt),
@@ -254,16 +269,15 @@ class Sweep:
 
     @staticmethod
     def _history(job: Job) -> list[dict[str, Any]]:
-        path = job.bundle_dir / "output" / "history.json"
+        path = job.files.history
         if path.exists():
             return json.loads(path.read_text())
         return list(job.progress.history)
 
     def _store_artifacts(self, trial: Trial, job: Job) -> None:
-        output = job.bundle_dir / "output"
-        for name in ("model.pt", "history.json"):
-            if (output / name).exists():
-                self.storage.put_file(f"{self.id}/{trial.key}/{name}", output / name)
+        for path in (job.files.weights(), job.files.history):
+            if path.exists():
+                self.storage.put_file(f"{self.id}/{trial.key}/{path.name}", path)
 
     def _update(self, trial: Trial, status: str) -> None:
         with self._lock:
@@ -387,20 +401,30 @@ class Stage:
     """One stage of an experiment: architectures × data sets × grid × seeds."""
 
     name: str
-    models: Sequence[CompiledModel | str]
+    models: Sequence[SweepModel]
     datasets: Sequence[Any]
     grid: Mapping[str, Sequence[Any]] = dataclasses.field(default_factory=dict)
     seeds: int | Sequence[int] = 1
     strategy: str = "grid"
     trials: int | None = None
-    backend: str = "local"
+    platform: str = "local"
     gpu_type: str | None = None
     timeout_per_trial: float | None = None
     parallel: int = 1
 
+    backend = alias_property("backend", "platform", settable=True)
+
+
+# ``Stage(..., backend=...)``: the old keyword still works, with a warning
+Stage.__init__ = renamed_parameters(backend="platform")(Stage.__init__)  # type: ignore[method-assign]
+
 
 class ExperimentCoordinator:
-    """Runs stages in order; each (architecture, data set) pair of a stage is one sweep."""
+    """Runs stages in order; each (architecture, data set) pair of a stage is one sweep.
+
+    A stage's models are compiled models (``neural_jupyter.ExperimentCoordinator`` compiles
+    model source first).
+    """
 
     def __init__(
         self,
@@ -429,7 +453,7 @@ class ExperimentCoordinator:
                         trials=stage.trials,
                         seeds=stage.seeds,
                         parallel=stage.parallel,
-                        backend=stage.backend,
+                        platform=stage.platform,
                         metric=self.metric,
                         mode=self.mode,
                         timeout_per_trial=stage.timeout_per_trial,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from neural_jupyter.backends.base import RemoteStatus
@@ -46,6 +47,7 @@ class Progress:
         elif kind == "batch":
             self.batch = data.get("batch", self.batch)
             self.batches = data.get("batches", self.batches)
+            self.epochs = data.get("epochs", self.epochs)
             self.batch_loss = data.get("loss")
             self.epoch = max(self.epoch, int(data.get("epoch") or 0) - 1)
         elif kind == "epoch":
@@ -83,7 +85,7 @@ class Tracker:
             return
         self.progress.apply(item)
         if item.kind == "start":
-            self.store.set_status(self.job_id, JobStatus.RUNNING)
+            self.store.set_status(self.job_id, JobStatus.RUNNING, at=event_time(item.data))
         elif item.kind == "epoch" and time.monotonic() - self._last_store > STORE_INTERVAL:
             self._last_store = time.monotonic()
             self.store.update(self.job_id, metrics=self.progress.metrics)
@@ -102,12 +104,43 @@ class Tracker:
             )
             error = status.message
         self.store.update(self.job_id, metrics=progress.metrics, artifacts=progress.artifacts)
-        self.store.set_status(self.job_id, status.state, exit_code=status.exit_code, error=error)
+        # the job's own clock: a stream read long after the job ended (a kernel restarted,
+        # nobody watching) still gives the real start, end and so duration
+        end = event_time(progress.done or progress.error or {})
+        self.store.set_status(
+            self.job_id,
+            status.state,
+            exit_code=status.exit_code,
+            error=error,
+            at=end,
+            started_at=event_time(progress.start) if end else None,
+        )
 
     def error_summary(self, status: RemoteStatus) -> str | None:
-        if self.progress.error:
-            err = self.progress.error
-            return redact(f"{err.get('type', 'Error')}: {err.get('message', '')}")[:500]
+        from neural_jupyter.runtime.torchrun import first_failure
+
+        err = self.progress.error
+        failed = first_failure(self.stderr_tail)
+        # under torchrun: the first rank that failed, in its own words where it reported
+        # them (the other ranks' errors are only the connections it closed)
+        if failed is not None and (not err or err.get("rank", 0) != failed.rank):
+            return redact(failed.describe())[:500]
+        if err:
+            rank = f"rank {err['rank']}: " if err.get("rank") else ""
+            return redact(f"{rank}{err.get('type', 'Error')}: {err.get('message', '')}")[:500]
         if status.message:
             return redact(status.message)
         return self.stderr_tail[-1] if self.stderr_tail else None
+
+
+def event_time(data: dict[str, Any]) -> str | None:
+    """An event's own ``time`` (seconds since the epoch, as the training script writes it) as
+    the store's ISO-8601 UTC text; None when it has none."""
+    value = data.get("time") if isinstance(data, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        moment = datetime.fromtimestamp(float(value), timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return moment.isoformat(timespec="microseconds")

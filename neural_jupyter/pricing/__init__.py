@@ -9,13 +9,46 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
-from neural_jupyter.backends.base import CostEstimate
 from neural_jupyter.dsl.suggest import did_you_mean
 from neural_jupyter.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """What a job may cost at most (its budget) and per hour; prices from ``prices.json``."""
+
+    platform: str
+    instance_type: str
+    hourly_usd: float
+    hours: float
+    spot: bool = False
+    currency: str = "USD"
+    source: str = ""
+    date: str = ""
+    note: str = ""
+
+    @property
+    def total_usd(self) -> float:
+        return self.hourly_usd * self.hours
+
+    def times(self, count: int, unit: str = "machines") -> CostEstimate:
+        """The cost of ``count`` of these machines at once (one job's nodes)."""
+        if count <= 1:
+            return self
+        note = f"{count} {unit}; {self.note}".rstrip("; ")
+        return replace(self, hourly_usd=self.hourly_usd * count, note=note)
+
+    def __str__(self) -> str:
+        kind = " (spot)" if self.spot else ""
+        return (
+            f"{self.instance_type}{kind} on {self.platform}: ${self.hourly_usd:.3f}/h × "
+            f"{self.hours:g} h ≤ ${self.total_usd:.2f}"
+            + (f" (prices of {self.date})" if self.date else "")
+        )
 
 
 @dataclass(frozen=True)
@@ -40,6 +73,13 @@ def offers() -> tuple[Offer, ...]:
     text = resources.files("neural_jupyter.pricing").joinpath("prices.json").read_text("utf-8")
     data = json.loads(text)
     return tuple(Offer(**entry) for entry in data["offers"])
+
+
+def lookup(platform: str, instance_type: str) -> Offer | None:
+    """The offer for ``instance_type`` on ``platform``, or None when no price is known."""
+    return next(
+        (o for o in offers() if o.platform == platform and o.instance_type == instance_type), None
+    )
 
 
 def find(platform: str, instance_type: str) -> Offer:

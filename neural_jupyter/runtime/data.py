@@ -23,6 +23,7 @@ from neural_jupyter.errors import DataError
 
 BUILTIN = ("digits", "synthetic")
 SYNTHETIC_SAMPLES = 512
+SYNTHETIC_STEPS = 16  # the sequence length of synthetic data for a variable-length input
 
 
 @dataclass
@@ -77,6 +78,12 @@ def split_frame(frame: Any, target: str, name: str) -> tuple[np.ndarray, np.ndar
             f"{name} has no column '{target}' (--target)",
             hint="its columns are: " + ", ".join(map(str, columns[:20])),
         )
+    if columns.count(target) > 1:
+        raise DataError(
+            f"{name} has {columns.count(target)} columns named '{target}' (--target); the "
+            "label column must be named once",
+            hint="rename the duplicated columns",
+        )
     return as_array(frame.drop(columns=[target]), name), as_array(frame[target], f"{name}.{target}")
 
 
@@ -86,7 +93,7 @@ def load_file(path: str | Path, target: str | None = None) -> tuple[np.ndarray, 
     if not file.is_file():
         raise DataError(f"no data file at {file}")
     if file.suffix == ".npz":
-        with np.load(file) as data:
+        with _reading(file), np.load(file, allow_pickle=False) as data:
             keys = list(data.files)
             for x_key, y_key in (("x_train", "y_train"), ("x", "y"), ("X", "y"), ("X", "Y")):
                 if x_key in keys and y_key in keys:
@@ -97,18 +104,75 @@ def load_file(path: str | Path, target: str | None = None) -> tuple[np.ndarray, 
             f"{file.name} holds arrays {keys}; expected x_train/y_train, x/y or exactly two"
         )
     if file.suffix == ".csv":
-        if not target:
-            raise DataError(f"reading {file.name} needs --target COLUMN to name the labels")
-        header = file.open(encoding="utf-8").readline().strip().split(",")
-        if target not in header:
-            raise DataError(
-                f"{file.name} has no column '{target}'", hint="columns: " + ", ".join(header[:20])
-            )
-        table = np.genfromtxt(file, delimiter=",", skip_header=1, dtype="float64")
-        table = table.reshape(len(table), -1)
-        index = header.index(target)
-        return np.delete(table, index, axis=1), table[:, index]
+        return _load_csv(file, target)
     raise DataError(f"cannot read {file.name}: use .npz, .npy (x.npy,y.npy) or .csv files")
+
+
+def _load_csv(file: Path, target: str | None) -> tuple[np.ndarray, np.ndarray]:
+    import csv
+    import warnings
+
+    if not target:
+        raise DataError(f"reading {file.name} needs --target COLUMN to name the labels")
+    with _reading(file), file.open(encoding="utf-8", newline="") as handle:
+        header = [name.strip() for name in next(csv.reader(handle), [])]
+    if not header or header == [""]:
+        raise DataError(f"{file.name} is empty; --data needs a CSV file with a header row")
+    if target not in header:
+        raise DataError(
+            f"{file.name} has no column '{target}' (--target)",
+            hint="columns: " + ", ".join(header[:20]),
+        )
+    if header.count(target) > 1:
+        raise DataError(
+            f"{file.name} has {header.count(target)} columns named '{target}' (--target); "
+            "the label column must be named once",
+            hint="rename the duplicated columns",
+        )
+    with _reading(file), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an empty body is reported below, not as a warning
+        try:
+            table = np.genfromtxt(file, delimiter=",", skip_header=1, dtype="float64")
+        except ValueError as exc:  # rows of different lengths
+            found = str(exc).replace("Some errors were detected !", "").strip()
+            first = found.splitlines()[0].strip() if found else str(exc)
+            raise DataError(
+                f"{file.name} has rows with a different number of columns than its header "
+                f"({len(header)}): {first}",
+                hint="every row needs one value per header column",
+            ) from None
+    if table.size == 0:
+        raise DataError(f"{file.name} has a header but no data rows (--data)")
+    table = table.reshape(-1, len(header)) if table.ndim == 1 else table
+    if table.shape[1] != len(header):
+        raise DataError(
+            f"{file.name} has {table.shape[1]} columns of data but {len(header)} header names"
+        )
+    index = header.index(target)
+    return np.delete(table, index, axis=1), table[:, index]
+
+
+class _reading:
+    """Turns numpy's and the OS's errors while reading a data file into ``DataError``s."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> bool:
+        if exc is None or isinstance(exc, DataError):
+            return False
+        if isinstance(exc, ValueError) and "allow_pickle" in str(exc):
+            raise DataError(
+                f"{self.file.name} holds Python objects (dtype object), not numbers; such "
+                "files are not loaded (loading them could run code)",
+                hint="save numeric arrays: np.save(path, x.astype('float32'))",
+            ) from None
+        if isinstance(exc, (ValueError, OSError, EOFError, UnicodeDecodeError)):
+            raise DataError(f"cannot read {self.file.name}: {exc}") from None
+        return False
 
 
 def load_pair(x_path: str, y_path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +181,8 @@ def load_pair(x_path: str, y_path: str) -> tuple[np.ndarray, np.ndarray]:
         file = Path(path).expanduser()
         if not file.is_file():
             raise DataError(f"no data file at {file}")
-        arrays.append(np.load(file, allow_pickle=False))
+        with _reading(file):
+            arrays.append(np.load(file, allow_pickle=False))
     return arrays[0], arrays[1]
 
 
@@ -132,7 +197,9 @@ def _digits_raw() -> tuple[np.ndarray, np.ndarray]:
 def digits(spec: NetworkSpec) -> Dataset:
     """scikit-learn's 8×8 digits (1,797 images, 10 classes), shaped for the network."""
     images, labels = _digits_raw()
-    shape = spec.input_shape
+    known = int(np.prod([size for size in spec.input_shape if size is not None]))
+    # a sequence of any length (None) takes what the 64 values leave for it
+    shape = tuple(64 // known if size is None else size for size in spec.input_shape)
     if int(np.prod(shape)) != 64:
         raise DataError(
             f"the digits data set holds 8×8 images (64 values) but {spec.name} takes input {shape}",
@@ -148,7 +215,7 @@ def digits(spec: NetworkSpec) -> Dataset:
 
 
 def _labels_for(spec: NetworkSpec, labels: np.ndarray, classes: int, name: str) -> np.ndarray:
-    if spec.loss.name == "categorical_crossentropy":
+    if spec.loss.labels == "onehot":
         return np.eye(classes, dtype="float32")[labels]
     if spec.loss.kind != "multiclass":
         raise DataError(
@@ -161,10 +228,11 @@ def synthetic(spec: NetworkSpec, samples: int = SYNTHETIC_SAMPLES, seed: int = 0
     """Random inputs and labels shaped for the network (smoke tests, benchmarks)."""
     rng = np.random.default_rng(seed)
     first = spec.layers[0]
+    shape = tuple(SYNTHETIC_STEPS if size is None else size for size in spec.input_shape)
     if spec.input_dtype == "int64":
-        x = rng.integers(0, first.values["input_dim"], size=(samples, *spec.input_shape))
+        x = rng.integers(0, first.values["input_dim"], size=(samples, *shape))
     else:
-        x = rng.standard_normal((samples, *spec.input_shape)).astype("float32")
+        x = rng.standard_normal((samples, *shape)).astype("float32")
     out = spec.output_shape
     if spec.loss.kind == "multiclass":
         labels = rng.integers(0, out[-1], size=samples)
@@ -227,6 +295,12 @@ def _resolve_one(spec, data, target, namespace, argument):
             f"--{argument} must name data: 'X,y' variables, a file, 'digits' or 'synthetic'"
         )
     text = data.strip()
+    if "://" in text:
+        raise DataError(
+            f"--{argument} {text!r} is a URL; training data is read from files or notebook "
+            "variables",
+            hint="download it first (e.g. with urllib or the platform's CLI), then pass the path",
+        )
     if text in BUILTIN:
         dataset = digits(spec) if text == "digits" else synthetic(spec)
         return dataset, None, dataset.names, dataset.description
@@ -271,12 +345,23 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return "(N, " + ", ".join(str(v) for v in shape) + ")"
 
 
+def _fits(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
+    """``shape`` matches ``expected``, where None (a sequence of any length) matches any size."""
+    return len(shape) == len(expected) and all(
+        want is None or size == want for size, want in zip(shape, expected, strict=True)
+    )
+
+
 def _check_pair(spec: NetworkSpec, x: np.ndarray, y: np.ndarray, names: tuple[str, str]):
     x_name, y_name = names
     expected = spec.input_shape
-    if x.ndim == 0 or tuple(x.shape[1:]) != expected:
+    if x.ndim == 0 or not _fits(tuple(x.shape[1:]), expected):
         hint = None
-        if x.ndim >= 1 and int(np.prod(x.shape[1:])) == int(np.prod(expected)):
+        if (
+            x.ndim >= 1
+            and None not in expected
+            and int(np.prod(x.shape[1:])) == int(np.prod(expected))
+        ):
             hint = f"reshape it: {x_name}.reshape(-1, {', '.join(map(str, expected))})"
         raise DataError(
             f"{x_name} has shape {tuple(x.shape)} but {spec.name} expects {_shape_text(expected)}",
@@ -287,6 +372,11 @@ def _check_pair(spec: NetworkSpec, x: np.ndarray, y: np.ndarray, names: tuple[st
     if len(y) != len(x):
         raise DataError(f"{x_name} has {len(x)} samples but {y_name} has {len(y)}")
     for array, name in ((x, x_name), (y, y_name)):
+        if np.issubdtype(array.dtype, np.complexfloating):
+            raise DataError(
+                f"{name} holds complex numbers (dtype {array.dtype}); only real numbers train",
+                hint=f"pass {name}.real, abs({name}), or both as separate features",
+            )
         if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
             raise DataError(f"{name} has dtype {array.dtype}; numbers are needed")
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
@@ -315,10 +405,14 @@ def _check_ids(spec: NetworkSpec, x: np.ndarray, name: str) -> None:
 def _check_labels(spec: NetworkSpec, y: np.ndarray, name: str) -> None:
     out = spec.output_shape
     loss = spec.loss.name
-    if loss == "sparse_categorical_crossentropy":
+    labels = spec.loss.labels
+    if labels == "auto":  # one-hot rows as wide as the output, else class indices
+        labels = "onehot" if y.ndim == 2 and y.shape[1] == out[-1] > 1 else "sparse"
+        loss = f"{loss} ({'one-hot' if labels == 'onehot' else 'class index'} labels)"
+    if labels == "sparse":
         labels = y.reshape(len(y), -1)
-        if labels.shape[1] != 1:
-            hint = None
+        if y.ndim != 1:
+            hint = f"flatten them: {name}.reshape(-1)" if labels.shape[1] == 1 else None
             if labels.shape[1] == out[-1]:
                 hint = 'these look one-hot: use loss "categorical_crossentropy" or y.argmax(1)'
             raise DataError(
@@ -335,14 +429,14 @@ def _check_labels(spec: NetworkSpec, y: np.ndarray, name: str) -> None:
                 f"{out[-1]} units (labels 0..{out[-1] - 1})",
                 hint=f"use Output({int(high) + 1}, ...) or re-encode the labels",
             )
-    elif loss == "categorical_crossentropy":
+    elif labels == "onehot":
         if y.ndim != 2 or y.shape[1] != out[-1]:
             raise DataError(
                 f"{name} has shape {tuple(y.shape)}; {loss} needs one-hot labels "
                 f"of shape (N, {out[-1]})",
                 hint='for integer labels use "sparse_categorical_crossentropy"',
             )
-    elif loss == "binary_crossentropy":
+    elif labels == "binary":
         values = np.unique(y)
         if values.min() < 0 or values.max() > 1:
             raise DataError(f"{name} holds values outside [0, 1]; {loss} needs 0/1 labels")

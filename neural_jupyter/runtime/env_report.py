@@ -61,6 +61,7 @@ class EnvironmentReport:
     frameworks: Mapping[str, str] = field(hash=False)
     python: str = ""
     settings: Mapping[str, str] = field(default_factory=dict, hash=False)
+    warm_start: str = ""  # the warm worker of local jobs: state, pid, resident memory
 
     def rows(self) -> list[tuple[str, str]]:
         """(label, value) pairs, in display order; shared by the text and HTML views."""
@@ -85,6 +86,8 @@ class EnvironmentReport:
                 or "none needed (already set in this environment)",
             ),
         ]
+        if self.warm_start:
+            rows.append(("Warm start", self.warm_start))
         rows += [("Note", note) for note in acc.notes]
         return [(label, redact(value)) for label, value in rows]
 
@@ -111,9 +114,14 @@ def environment_report(
     modules: Mapping[str, Any] | None = None,
     read_text: ReadText | None = None,
     version: Callable[[str], str] | None = None,
+    warm_start: str | None = None,
 ) -> EnvironmentReport:
     """Detect everything and build the report; every outside input is injectable."""
     environ = os.environ if environ is None else environ
+    if warm_start is None:
+        from neural_jupyter.runtime import warm
+
+        warm_start = warm.status().summary()
     return EnvironmentReport(
         platform=detect_platform(environ, path_exists, read_text=read_text),
         accelerators=detect_accelerators(
@@ -122,4 +130,5 @@ def environment_report(
         frameworks=framework_versions(version),
         python=f"{_platform.python_version()} ({_platform.python_implementation()})",
         settings=job_environment(base=environ),
+        warm_start=warm_start,
     )

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from neural_jupyter.redaction import redact, redact_value
+
 EVENT_KINDS = frozenset(
     {"start", "batch", "epoch", "layer_stats", "artifact", "done", "error", "status"}
 )
@@ -49,3 +51,26 @@ def parse_line(line: str, stream: str = "stdout") -> Event | LogLine:
 
 def encode(event: Event) -> str:
     return json.dumps({"event": event.kind, **event.data})
+
+
+def redacted(item: Event | LogLine | None) -> Event | LogLine | None:
+    """``item`` with secrets masked (a log line's text, an event's string fields): what every
+    consumer of a job's stream (monitors, the job store, sweeps) gets from ``Job.follow``."""
+    if item is None:
+        return None
+    if type(item) is LogLine:
+        text = redact(item.text)
+        return item if text is item.text else LogLine(text, item.stream)
+    if _has_text(item.data):
+        return Event(item.kind, redact_value(item.data))
+    return item
+
+
+def _has_text(value: Any) -> bool:
+    if isinstance(value, str):
+        return True
+    if isinstance(value, dict):
+        return any(isinstance(k, str) and _has_text(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_text(v) for v in value)
+    return False

@@ -31,7 +31,8 @@ _RESTART = "restart the kernel and apply the settings before the framework first
 
 
 def parse_gpus(gpus: str) -> str | None:
-    """Validate a ``--gpus`` value; return the ``CUDA_VISIBLE_DEVICES`` value (``None``: all).
+    """Validate a ``--gpu-ids`` value; return the ``CUDA_VISIBLE_DEVICES`` value (``None``:
+    all).
 
     Accepted: ``"0"``, ``"0,1"`` (indices, no repeats), GPU/MIG UUIDs, ``"all"``, ``"none"``.
     """
@@ -45,10 +46,30 @@ def parse_gpus(gpus: str) -> str | None:
     if (uuids or _INDEX_LIST.fullmatch(text)) and len(set(tokens)) == len(tokens):
         return text
     raise ConfigurationError(
-        f"--gpus must be a comma-separated list of GPU indices such as 0 or 0,1 "
+        f"--gpu-ids must be a comma-separated list of GPU indices such as 0 or 0,1 "
         f"(each at most once), GPU UUIDs, 'all' or 'none'; got {gpus!r}",
         hint="list the GPUs with %neural_env or nvidia-smi",
     )
+
+
+def ids_for_count(count: int, environ: Mapping[str, str] | None = None) -> str:
+    """The ``--gpu-ids`` that give a local job ``count`` GPUs (``--gpus N``): the first ``count``
+    of those this kernel sees (its own ``CUDA_VISIBLE_DEVICES`` when set, else 0 … N-1);
+    ``"none"`` for 0. Raises ``ConfigurationError`` when fewer are visible."""
+    if count == 0:
+        return "none"
+    environ = os.environ if environ is None else environ
+    visible = environ.get("CUDA_VISIBLE_DEVICES", "").replace(" ", "")
+    if not visible:
+        return ",".join(str(index) for index in range(count))
+    tokens = [] if visible == "-1" else visible.split(",")
+    if count > len(tokens):
+        raise ConfigurationError(
+            f"--gpus {count}: this kernel sees only {len(tokens)} GPU(s) "
+            f"(CUDA_VISIBLE_DEVICES={visible})",
+            hint="ask for fewer, or choose devices with --gpu-ids",
+        )
+    return ",".join(tokens[:count])
 
 
 def _alloc_conf(current: str | None) -> str | None:
@@ -68,7 +89,7 @@ def job_environment(
 
     Memory growth for TensorFlow, JAX and PyTorch, leaving alone any of them the user already
     set in ``base`` (an existing ``PYTORCH_CUDA_ALLOC_CONF`` gets the option appended), plus
-    ``CUDA_VISIBLE_DEVICES`` when ``gpus`` (the ``--gpus`` value) selects devices.
+    ``CUDA_VISIBLE_DEVICES`` when ``gpus`` (the ``--gpu-ids`` value) selects devices.
     Raises ``ConfigurationError`` for a malformed ``gpus``.
     """
     base = {} if base is None else base

@@ -1,9 +1,17 @@
-"""Following growing log files line by line (what a job writes, we read as it arrives)."""
+"""Reading a job's log files: following them as they grow (``LineTail``, which backends turn
+into events; ``Job.follow`` redacts those) and reading them for people (``read_log_lines``,
+the one function behind ``Job.logs``, ``%neural_logs`` and failure tails), which redacts
+every line it returns.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+
+from neural_jupyter.redaction import redact
+
+EVENT_PREFIX = '{"event"'
 
 
 class LineTail:
@@ -57,6 +65,29 @@ def last_lines(path: Path, count: int, chunk: int = 65536) -> list[str]:
 
 
 def iter_lines(path: Path) -> Iterator[str]:
+    """Every line of a log file, redacted."""
+    try:
+        with path.open("r", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                yield redact(line.rstrip("\n"))
+    except FileNotFoundError:
+        return
+
+
+def read_log_lines(path: Path, tail: int | None = None, *, events: bool = False) -> list[str]:
+    """The lines of a log file as people read them: redacted, protocol events left out unless
+    ``events``; ``tail`` keeps the last N (read from the end of the file, not all of it; 0 or None:
+    all)."""
+    if tail:
+        source = last_lines(path, tail * 4 + 200)
+    else:
+        source = list(_raw_lines(path))
+    lines = [line for line in source if events or not line.startswith(EVENT_PREFIX)]
+    lines = lines[-tail:] if tail else lines
+    return [redact(line) for line in lines]
+
+
+def _raw_lines(path: Path) -> Iterator[str]:
     try:
         with path.open("r", encoding="utf-8", errors="replace") as handle:
             for line in handle:

@@ -123,20 +123,40 @@ class ModelBuilder:
 
         self.shell = shell
         self.rows: list[LayerRow] = []
-        self.name = w.Text(value=name, description="network")
-        self.input_shape = w.Text(value=input_shape, description="input")
-        self.new_kind = w.Dropdown(options=BUILDER_KINDS, value="Dense", description="layer")
-        add = w.Button(description="Add layer", icon="plus")
+
+        def label() -> dict[str, Any]:
+            """Labels in full (never 'learning r…'); each control its own layout."""
+            return {"style": {"description_width": "initial"}, "layout": w.Layout(width="auto")}
+
+        self.name = w.Text(value=name, description="network", **label())
+        self.input_shape = w.Text(value=input_shape, description="input shape", **label())
+        self.new_kind = w.Dropdown(
+            options=BUILDER_KINDS, value="Dense", description="layer", **label()
+        )
+        add = w.Button(description="Add layer", icon="plus", layout=w.Layout(width="auto"))
         add.on_click(lambda _b: self.add(self.new_kind.value))
         self.loss = w.Dropdown(
-            options=list(LOSSES), value="sparse_categorical_crossentropy", description="loss"
+            options=list(LOSSES),
+            value="sparse_categorical_crossentropy",
+            description="loss",
+            style={"description_width": "initial"},
+            layout=w.Layout(width="auto", min_width="330px"),  # the longest loss in full
         )
-        self.optimizer = w.Dropdown(options=list(OPTIMIZERS), value="Adam", description="optimizer")
-        self.learning_rate = w.FloatText(value=0.001, description="learning rate")
-        self.epochs = w.BoundedIntText(value=10, min=1, max=100000, description="epochs")
-        self.batch_size = w.BoundedIntText(value=32, min=1, max=65536, description="batch size")
+        self.optimizer = w.Dropdown(
+            options=list(OPTIMIZERS), value="Adam", description="optimizer", **label()
+        )
+        self.learning_rate = w.FloatText(value=0.001, description="learning rate", **label())
+        self.epochs = w.BoundedIntText(value=10, min=1, max=100000, description="epochs", **label())
+        self.batch_size = w.BoundedIntText(
+            value=32, min=1, max=65536, description="batch size", **label()
+        )
         self.status = w.HTML()
-        write = w.Button(description="Write to a new cell", button_style="primary", icon="pencil")
+        write = w.Button(
+            description="Write to a new cell",
+            button_style="primary",
+            icon="pencil",
+            layout=w.Layout(width="auto"),
+        )
         write.on_click(lambda _b: self.write_cell())
         for control in (
             self.name,
@@ -218,6 +238,7 @@ class ModelBuilder:
     def validate(self) -> bool:
         """Compile the current source and show its summary or its error."""
         from neural_jupyter.compiler import compile_model
+        from neural_jupyter.ui.views import summary
 
         if not self.rows:
             self.status.value = "<i>add layers to start</i>"
@@ -229,7 +250,7 @@ class ModelBuilder:
                 f"<pre style='color:#b03a2e;white-space:pre-wrap'>{html.escape(str(exc))}</pre>"
             )
             return False
-        self.status.value = model.summary()._repr_html_()
+        self.status.value = summary(model)._repr_html_()
         return True
 
     def write_cell(self) -> str:

@@ -6,26 +6,13 @@ choices with the command to run.
 from __future__ import annotations
 
 import html
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from neural_jupyter.backends import available
-from neural_jupyter.errors import NeuralError
+from neural_jupyter.backends import available, require_platform
+from neural_jupyter.errors import MissingDependencyError, NeuralError
 from neural_jupyter.pricing import instance_types
-
-# backend name -> (module that must be importable, pip extra)
-SDKS: dict[str, tuple[str | None, str | None]] = {
-    "local": (None, None),
-    "ssh": ("paramiko", "ssh"),
-    "sagemaker": ("boto3", "sagemaker"),
-    "vertex": ("google.cloud.aiplatform", "vertex"),
-    "azureml": ("azure.ai.ml", "azureml"),
-    "databricks": ("databricks.sdk", "databricks"),
-    "kaggle": ("kaggle", "kaggle"),
-    "kubernetes": ("kubernetes", "kubernetes"),
-}
 
 
 @dataclass(frozen=True)
@@ -39,24 +26,21 @@ class PlatformChoice:
         return self.name if self.installed else f"{self.name} (needs: {self.install_hint})"
 
 
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
-def platform_choices() -> list[PlatformChoice]:
-    """Remote platforms, available ones first; missing extras named with their pip command."""
+def platform_choices(include_local: bool = False) -> list[PlatformChoice]:
+    """Platforms, available ones first (this machine first of all when ``include_local``);
+    missing extras named with their pip command."""
     choices = []
     for name in available():
         if name == "local":
             continue
-        module, extra = SDKS.get(name, (None, None))
-        installed = module is None or _importable(module)
-        hint = None if installed else f'pip install "neural-jupyter[{extra}]"'
-        choices.append(PlatformChoice(name, installed, hint))
-    return sorted(choices, key=lambda c: (not c.installed, c.name))
+        try:
+            require_platform(name)
+        except MissingDependencyError as missing:
+            choices.append(PlatformChoice(name, False, missing.hint))
+        else:
+            choices.append(PlatformChoice(name, True, None))
+    ordered = sorted(choices, key=lambda c: (not c.installed, c.name))
+    return ([PlatformChoice("local", True, None)] if include_local else []) + ordered
 
 
 def text_panel(model_name: str) -> str:
@@ -75,6 +59,10 @@ def text_panel(model_name: str) -> str:
     return "\n".join(lines)
 
 
+def _platform_label(choice: PlatformChoice) -> str:
+    return "local (this machine)" if choice.name == "local" else choice.label
+
+
 class SubmitPanel:
     """The widget. ``submit`` is called with keyword arguments for ``api.submit`` and returns
     the started job; the panel then shows its monitor."""
@@ -88,22 +76,45 @@ class SubmitPanel:
         self._submit = submit
         self._show_monitor = show_monitor
         self.job = None
-        choices = platform_choices()
+        choices = platform_choices(include_local=True)
+
+        def label() -> dict[str, Any]:
+            """Labels in full (a label column as wide as the longest), and a layout of
+            each control's own (a shared one would hide them all together)."""
+            return {"style": {"description_width": "90px"}, "layout": w.Layout(width="460px")}
+
         self.platform = w.Dropdown(
-            options=[(c.label, c.name) for c in choices], description="platform"
+            options=[(_platform_label(c), c.name) for c in choices],
+            value="local",  # this machine until the user picks a platform
+            description="platform",
+            **label(),
         )
-        self.instance = w.Dropdown(description="instance")
-        self.host = w.Text(description="host", placeholder="ssh alias or user@host:port")
-        self.gpus = w.BoundedIntText(value=1, min=0, max=16, description="GPUs")
+        self.instance = w.Dropdown(description="instance", **label())
+        self.host = w.Text(
+            description="host",
+            placeholder="ssh alias or user@host:port",
+            **label(),
+        )
+        self.gpus = w.BoundedIntText(value=1, min=0, max=16, description="GPUs", **label())
         self.max_hours = w.BoundedFloatText(
-            value=1.0, min=0.05, max=72, step=0.5, description="max hours"
+            value=1.0,
+            min=0.05,
+            max=72,
+            step=0.5,
+            description="max hours",
+            **label(),
         )
-        self.spot = w.Checkbox(value=False, description="spot / preemptible")
+        self.spot = w.Checkbox(value=False, description="spot / preemptible capacity", indent=False)
         self.cost = w.HTML()
         self.message = w.HTML()
-        self.check_button = w.Button(description="Check credentials", icon="key")
+        self.check_button = w.Button(
+            description="Check credentials", icon="key", layout=w.Layout(width="auto")
+        )
         self.submit_button = w.Button(
-            description="Submit", button_style="primary", icon="cloud-upload"
+            description="Submit",
+            button_style="primary",
+            icon="cloud-upload",
+            layout=w.Layout(width="auto"),
         )
         self.check_button.on_click(self.check_credentials)
         self.submit_button.on_click(self.on_submit)
@@ -143,19 +154,29 @@ class SubmitPanel:
             )
             for o in offers
         ]
-        if [value for _, value in options] != [value for _, value in self.instance.options]:
+        values = [value for _, value in options]
+        if values != [value for _, value in self.instance.options]:
             current = self.instance.value
             self.instance.options = options
-            if current in [value for _, value in options]:
-                self.instance.value = current
+            # ipywidgets leaves a new option list unselected: pick the first (cheapest)
+            self.instance.value = current if current in values else (values[0] if values else None)
+        self.instance.layout.display = "" if options else "none"
         self.host.layout.display = "" if platform == "ssh" else "none"
+        remote = platform not in (None, "local")
+        for control in (self.gpus, self.max_hours, self.spot, self.check_button):
+            control.layout.display = "" if remote else "none"
         self.cost.value = self._cost_text()
 
     def _cost_text(self) -> str:
         from neural_jupyter.pricing import estimate
 
+        if self.platform.value == "local":
+            return "<i>trains on this machine: no platform charge</i>"
         if not self.instance.value:
-            return "<i>no platform charge known for this choice</i>"
+            return (
+                "<i>no instance types listed for this platform: it runs on the compute you "
+                "configure (see its page in docs/platforms), with no list price here</i>"
+            )
         try:
             cost = estimate(
                 self.platform.value, self.instance.value, self.max_hours.value, spot=self.spot.value
@@ -170,6 +191,8 @@ class SubmitPanel:
 
     def arguments(self) -> dict[str, Any]:
         extra = {"host": self.host.value} if self.platform.value == "ssh" else {}
+        if self.platform.value == "local":
+            return {"platform": "local"}
         return {
             "platform": self.platform.value,
             "instance": self.instance.value or None,

@@ -28,6 +28,8 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 @dataclass(frozen=True)
 class Row:
+    """One line of the summary table."""
+
     depth: int
     name: str
     kind: str
@@ -39,22 +41,22 @@ class Row:
 class ModelSummary:
     """What ``%%neural_compile`` shows; ``str()`` is the plain-text form."""
 
-    def __init__(self, spec: NetworkSpec, backend: str) -> None:
+    def __init__(self, spec: NetworkSpec, framework: str) -> None:
         self.spec = spec
-        self.backend = backend
+        self.framework = framework
 
     def rows(self) -> list[Row]:
         rows = [Row(0, "input", "Input", _shape(self.spec.input_shape), 0, self.spec.input_dtype)]
 
         def add(layer: LayerSpec, depth: int) -> None:
-            own = dict(layer.param_counts)[self.backend]
+            own = dict(layer.param_counts)[self.framework]
             notes = list(layer.notes)
             if layer.macro:
                 notes.insert(0, f"from {layer.macro}")
             if layer is self.spec.output_layer and self.spec.fused_output_activation:
                 notes.append(
                     f"{self.spec.fused_output_activation} fused into the loss"
-                    if self.backend == "pytorch"
+                    if self.framework == "pytorch"
                     else ""
                 )
             rows.append(
@@ -94,15 +96,16 @@ class ModelSummary:
         if train.early_stopping:
             es = train.early_stopping
             train_text += f", early stopping on {es.monitor} (patience {es.patience})"
-        loss = spec.loss.name + (
-            "(" + ", ".join(f"{k}={v!r}" for k, v in spec.loss.params) + ")"
-            if spec.loss.params
-            else ""
-        )
+        loss = spec.loss.describe()
+        if spec.loss.inferred:
+            loss += " - inferred from the output layer (no loss: section)"
+        if train.strategy:
+            train_text += f"; sweeps: {train.strategy} strategy"
+        per = ", per time step" if spec.variable_length else ""
         facts = [
-            (f"Trainable params ({self.backend})", f"{spec.trainable_params(self.backend):,}"),
-            ("FLOPs / sample (forward, approx.)", human_count(spec.flops_per_sample())),
-            ("Activations / sample (fp32)", human_bytes(spec.activation_bytes_per_sample())),
+            (f"Trainable params ({self.framework})", f"{spec.trainable_params(self.framework):,}"),
+            (f"FLOPs / sample (forward, approx.{per})", human_count(spec.flops_per_sample())),
+            (f"Activations / sample (fp32{per})", human_bytes(spec.activation_bytes_per_sample())),
             ("Loss", loss),
             ("Optimizer", opt_text),
             ("Metrics", ", ".join(spec.metrics) or "none"),
@@ -118,7 +121,13 @@ class ModelSummary:
                     ),
                 )
             )
+        if spec.device:
+            facts.append(("Device", f"{spec.device} (from the source; --device overrides)"))
         return facts
+
+    def notes(self) -> list[str]:
+        """What the compiler applied differently from the source, or ignored, and why."""
+        return list(self.spec.notes)
 
     def __str__(self) -> str:
         rows = self.rows()
@@ -134,6 +143,8 @@ class ModelSummary:
                 lines.append("-" * (sum(widths) + 6 + max(len(r[3]) for r in table)))
         lines.append("")
         lines.extend(f"{key}: {value}" for key, value in self.facts())
+        if self.notes():
+            lines += ["", "Notes:", *(f"- {note}" for note in self.notes())]
         return "\n".join(lines)
 
     def _repr_pretty_(self, printer, cycle: bool) -> None:
@@ -157,11 +168,15 @@ class ModelSummary:
             f"<td style='text-align:left'>{esc(v)}</td></tr>"
             for k, v in self.facts()
         )
+        notes = ""
+        if self.notes():
+            items = "".join(f"<li>{esc(note)}</li>" for note in self.notes())
+            notes = f"<div><b>Notes</b><ul>{items}</ul></div>"
         return (
             f"<div class='neural-summary'><b>Model {esc(self.spec.name)}</b>"
             "<table><thead><tr><th style='text-align:left'>Layer</th>"
             "<th style='text-align:left'>Output shape</th><th>Params</th>"
             "<th style='text-align:left'>Notes</th></tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>"
-            f"<table>{facts}</table></div>"
+            f"<table>{facts}</table>{notes}</div>"
         )

@@ -6,7 +6,9 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-_COLUMNS = ("id", "name", "backend", "status", "created", "duration", "metrics")
+from neural_jupyter.ui.text import format_duration
+
+_COLUMNS = ("id", "name", "platform", "status", "created", "duration", "metrics")
 
 
 def _duration(record: Any) -> str:
@@ -14,12 +16,14 @@ def _duration(record: Any) -> str:
 
     if not record.started_at:
         return "–"
-    start = datetime.fromisoformat(record.started_at)
-    end = datetime.fromisoformat(record.finished_at) if record.finished_at else None
+    try:
+        start = datetime.fromisoformat(record.started_at)
+        end = datetime.fromisoformat(record.finished_at) if record.finished_at else None
+    except (TypeError, ValueError):
+        return "?"
     if end is None:
         return "running"
-    seconds = int((end - start).total_seconds())
-    return f"{seconds // 60}:{seconds % 60:02d}"
+    return format_duration((end - start).total_seconds())
 
 
 def _metrics(record: Any) -> str:
@@ -32,10 +36,21 @@ def _metrics(record: Any) -> str:
 
 
 def _row(record: Any) -> tuple[str, ...]:
+    damage = getattr(record, "damage", None)
+    if damage:  # a row the store could not read in full: shown, never fatal to the listing
+        return (
+            record.id,
+            record.name,
+            record.platform,
+            "DAMAGED",
+            str(record.created_at)[:19].replace("T", " "),
+            "–",
+            f"{damage} (%neural_rm {record.id} removes it)",
+        )
     return (
         record.id,
         record.name,
-        record.backend,
+        record.platform,
         record.status.value,
         record.created_at[:19].replace("T", " "),
         _duration(record),

@@ -18,12 +18,18 @@ The SDK requires HTTPS for bearer tokens; ``FakeAzureML.client_options()`` gives
 ``environment()`` the proxy/CA variables for the storage client the SDK builds itself.
 
 A job runs a ``Script`` (statuses, log lines, outputs) or, with ``execute=True``, its real
-command on this machine in the uploaded code folder (``python`` is this interpreter).
+command on this machine in the uploaded code folder (``python`` is this interpreter). A job
+with ``resources.instanceCount`` N and a ``PyTorch`` distribution of P processes per
+instance runs its command N × P times, each instance in a code folder of its own, with the
+variables Azure ML sets (``MASTER_ADDR`` 127.0.0.1, ``MASTER_PORT``, ``NODE_RANK``, ``RANK``,
+``LOCAL_RANK``, ``WORLD_SIZE``) and a log per process (``user_logs/std_log_process_R.txt``);
+a failed process fails the job and stops the others, cancel stops them all.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -196,11 +202,23 @@ class FakeJob:
         self.name = name
         self.body = body
         self.status = "NotStarted"
-        self.log = bytearray()
+        self.log = bytearray()  # std_log.txt, or process 0's log in a distributed job
+        self.logs: dict[str, bytearray] = {}  # log file name -> its bytes (distributed)
         self.error: dict[str, Any] | None = None
         self.cancelled = threading.Event()
         self.process: subprocess.Popen | None = None
+        self.processes: list[subprocess.Popen] = []  # every process of every instance
         self.observed = 0
+
+    @property
+    def distribution(self) -> dict[str, Any] | None:
+        return self.body["properties"].get("distribution")
+
+    def log_files(self) -> list[str]:
+        return list(self.logs) if self.logs else ["user_logs/std_log.txt"]
+
+    def log_of(self, name: str) -> bytes:
+        return bytes(self.logs[name]) if name in self.logs else bytes(self.log)
 
 
 class FakeAzureML:
@@ -255,8 +273,9 @@ class FakeAzureML:
     def __exit__(self, *exc: Any) -> None:
         for job in self.jobs.values():
             job.cancelled.set()
-            if job.process is not None and job.process.poll() is None:
-                job.process.kill()
+            for process in job.processes:
+                if process.poll() is None:
+                    process.kill()
         for server in (self.arm, self.plain):
             server.shutdown()
             server.server_close()
@@ -362,10 +381,11 @@ class FakeAzureML:
         job.status = "Finalizing"
         prefix = f"ExperimentRun/dcid.{job.name}"
         with self.lock:
-            self.blobs[(ACCOUNT, ARTIFACT_CONTAINER, f"{prefix}/user_logs/std_log.txt")] = (
-                bytes(job.log),
-                {},
-            )
+            for name in job.log_files():
+                self.blobs[(ACCOUNT, ARTIFACT_CONTAINER, f"{prefix}/{name}")] = (
+                    job.log_of(name),
+                    {},
+                )
             for name, data in outputs.items():
                 self.blobs[(ACCOUNT, ARTIFACT_CONTAINER, f"{prefix}/outputs/{name}")] = (data, {})
         time.sleep(0.02)
@@ -402,52 +422,101 @@ class FakeAzureML:
         self._finish(job, script.exit_code, dict(script.outputs))
 
     def _execute(self, job: FakeJob) -> None:
-        """Run the job's command in the uploaded code folder (python = this interpreter)."""
+        """Run the job's command in the uploaded code folder (python = this interpreter):
+        once, or once per process of every instance of a distributed job."""
         if not self._advance(job, PRE_RUN):
             return
         code_id = job.body["properties"]["codeId"]
         code = self.codes[code_id.split("/codes/", 1)[1].split("/versions/")[0]]
         uri = code["properties"]["codeUri"]
         _, account, container, prefix = urlsplit(uri).path.split("/", 3)
-        folder = self.workdir / "runs" / job.name
         with self.lock:
             files = {
                 path[len(prefix) + 1 :]: data
                 for (acc, con, path), (data, _) in self.blobs.items()
                 if acc == account and con == container and path.startswith(prefix + "/")
             }
-        for relative, data in files.items():
-            target = folder / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
         props = job.body["properties"]
+        instances = int((props.get("resources") or {}).get("instanceCount") or 1)
+        per_instance = int((job.distribution or {}).get("processCountPerInstance") or 1)
+        world = instances * per_instance
+        folders = [self.workdir / "runs" / job.name]
+        if instances > 1:
+            folders = [self.workdir / "runs" / job.name / f"node-{i}" for i in range(instances)]
+        for folder in folders:
+            for relative, data in files.items():
+                target = folder / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
         env = {**os.environ, **(props.get("environmentVariables") or {})}
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+        port = free_port()
         job.status = "Running"
-        job.process = subprocess.Popen(
-            ["bash", "-c", props["command"]],
-            cwd=folder,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        assert job.process.stdout is not None
-        for line in iter(job.process.stdout.readline, b""):
-            job.log.extend(line)
-        code = job.process.wait()
-        outputs = {
-            str(p.relative_to(folder / "outputs")): p.read_bytes()
-            for p in sorted((folder / "outputs").rglob("*"))
-            if p.is_file()
-        }
-        self._finish(job, code, outputs)
+        pumps = []
+        for rank in range(world if job.distribution else 1):
+            node, local = divmod(rank, per_instance)
+            own = dict(env)
+            if job.distribution:
+                own.update(
+                    MASTER_ADDR="127.0.0.1",
+                    MASTER_PORT=str(port),
+                    NODE_RANK=str(node),
+                    RANK=str(rank),
+                    LOCAL_RANK=str(local),
+                    WORLD_SIZE=str(world),
+                )
+                log = job.logs.setdefault(f"user_logs/std_log_process_{rank}.txt", bytearray())
+            else:
+                log = job.log
+            process = subprocess.Popen(
+                ["bash", "-c", props["command"]],
+                cwd=folders[node],
+                env=own,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            job.processes.append(process)
+            job.process = job.process or process
+            pumps.append(threading.Thread(target=_pump, args=(process, log), daemon=True))
+        if job.distribution:
+            job.log = job.logs["user_logs/std_log_process_0.txt"]
+        for pump in pumps:
+            pump.start()
+        failed = 0
+        running = list(job.processes)
+        while running:
+            for process in list(running):
+                code = process.poll()
+                if code is None:
+                    continue
+                running.remove(process)
+                if code and not failed:
+                    failed = code
+                    for other in running:  # a failed process ends the job
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(other.pid, 15)
+            time.sleep(0.05)
+        for pump in pumps:
+            pump.join()
+        outputs: dict[str, bytes] = {}
+        for folder in reversed(folders):  # every instance's outputs/, instance 0's last
+            outputs.update(
+                {
+                    str(p.relative_to(folder / "outputs")): p.read_bytes()
+                    for p in sorted((folder / "outputs").rglob("*"))
+                    if p.is_file()
+                }
+            )
+        self._finish(job, failed, outputs)
 
     def _cancel(self, job: FakeJob, reason: str | None) -> None:
         job.cancelled.set()
         job.status = "CancelRequested"
-        if job.process is not None and job.process.poll() is None:
-            os.killpg(job.process.pid, 9)
+        for process in job.processes:  # every process of every instance
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, 9)
         if reason:
             job.error = {"code": "UserError", "message": reason}
 
@@ -596,9 +665,10 @@ class FakeAzureML:
                         return error(404, "RunNotFound", f"run {m.group(1)} not found")
                     details: dict[str, Any] = {"runId": job.name, "status": job.status}
                     if job.status not in ("NotStarted", "Queued", "Preparing"):
-                        log = f"{fake.plain_url}/logs/{job.name}/user_logs/std_log.txt"
+                        logs = f"{fake.plain_url}/logs/{job.name}"
                         details["logFiles"] = {
-                            "user_logs/std_log.txt": log + "?sv=2021-08-06&sr=b&sig=fakesig"
+                            name: f"{logs}/{name}?sv=2021-08-06&sr=b&sig=fakesig"
+                            for name in job.log_files()
                         }
                     if job.error:
                         details["error"] = {"error": job.error}
@@ -680,11 +750,11 @@ class FakeAzureML:
 
             # --- storage ----------------------------------------------------------------------
             def _log_file(self, url: Any) -> None:
-                _, _, name, _ = url.path.split("/", 3)
+                _, _, name, file = url.path.split("/", 3)
                 job = fake.jobs.get(name)
                 if job is None or job.status in ("NotStarted", "Queued", "Preparing"):
                     return self._send(404, b"", "application/xml", x_ms_error_code="BlobNotFound")
-                data = bytes(job.log)
+                data = job.log_of(file)
                 wanted = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
                 if wanted:
                     start = int(wanted.group(1))
@@ -739,6 +809,8 @@ class FakeAzureML:
                     r"bytes=(\d+)-(\d+)?",
                     self.headers.get("x-ms-range") or self.headers.get("Range") or "",
                 )
+                if wanted and not data:  # as the service: an empty blob has no range
+                    return self._send(416, b"", "application/xml", x_ms_error_code="InvalidRange")
                 if wanted and data:
                     start = int(wanted.group(1))
                     end = min(int(wanted.group(2) or len(data) - 1), len(data) - 1)
@@ -773,3 +845,15 @@ class FakeAzureML:
                 self._send(200, xml.encode(), "application/xml")
 
         return Handler
+
+
+def _pump(process: subprocess.Popen, log: bytearray) -> None:
+    assert process.stdout is not None
+    for line in iter(process.stdout.readline, b""):
+        log.extend(line)
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import itertools
-import json
 import os
 import re
 import signal
@@ -32,12 +31,12 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote
+
+from .base import FakeServer, Request, Response, json_response
 
 TOKEN = "dapi-fake-0123456789abcdef0123456789abcdef"
 USER = "someone@example.com"
@@ -55,42 +54,6 @@ ERROR_CODES = {
 TERMINAL = {"TERMINATED", "SKIPPED", "INTERNAL_ERROR"}
 
 
-@dataclass
-class Request:
-    method: str
-    path: str  # without the query string
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-    time: float = field(default_factory=time.monotonic)
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body) if self.body else None
-
-
-@dataclass
-class Fault:
-    method: str
-    pattern: re.Pattern[str]
-    status: int
-    message: str
-    times: int
-    after: bool
-    error_code: str
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def json_response(status: int, payload: Any) -> Response:
-    return Response(status, json.dumps(payload).encode(), {"Content-Type": "application/json"})
-
-
 def error(status: int, message: str, code: str | None = None) -> Response:
     return json_response(
         status, {"error_code": code or ERROR_CODES.get(status, "UNKNOWN"), "message": message}
@@ -101,18 +64,17 @@ def millis() -> int:
     return int(time.time() * 1000)
 
 
-class FakeDatabricks:
+class FakeDatabricks(FakeServer):
     """A Databricks workspace on ``http://127.0.0.1:PORT``."""
 
     def __init__(self, root: Path, token: str = TOKEN) -> None:
+        super().__init__()
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.token = token
-        self.requests: list[Request] = []
         self.runs: dict[int, dict[str, Any]] = {}
         self.tokens: dict[str, int] = {}
         self.volumes: set[str] = set()
-        self.faults: list[Fault] = []
         # (life_cycle_state, result_state or None, state_message) per runs/get
         self.script: list[tuple[str, str | None, str]] = [
             ("PENDING", None, "Waiting for cluster"),
@@ -124,53 +86,23 @@ class FakeDatabricks:
         self.log_limit: int | None = None  # keep only the last N characters (truncated)
         self.execute = False
         self.processes: dict[int, subprocess.Popen] = {}
-        self.lock = threading.RLock()
         self._ids = itertools.count(5001)
         self._handles = itertools.count(1)
         self._open: dict[int, dict[str, Any]] = {}
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.server.daemon_threads = True
-        self.server.fake = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
-    # --- lifecycle --------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def start(self) -> FakeDatabricks:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
+    def cleanup(self) -> None:
         for process in list(self.processes.values()):
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             with contextlib.suppress(Exception):
                 process.wait(timeout=10)
-        self.server.shutdown()
-        self.server.server_close()
 
-    # --- test helpers -----------------------------------------------------------------------
-    def fail(
-        self,
-        method: str,
-        path: str,
-        status: int,
-        message: str = "",
-        *,
-        times: int = 1,
-        after: bool = False,
-        error_code: str | None = None,
-    ) -> None:
+    def error(self, status: int, message: str, error_code: str | None = None) -> Response:
         code = error_code or ERROR_CODES.get(status, "UNKNOWN")
-        self.faults.append(
-            Fault(method, re.compile(path), status, message or code, times, after, code)
-        )
-
-    def calls(self, method: str, path: str = "") -> list[Request]:
-        pattern = re.compile(path)
-        return [r for r in self.requests if r.method == method and pattern.search(r.path)]
+        response = error(status, message or code, code)
+        if status in (429, 503):
+            response.headers["Retry-After"] = "0"
+        return response
 
     def create_volume(self, catalog: str, schema: str, volume: str) -> str:
         path = f"/Volumes/{catalog}/{schema}/{volume}"
@@ -192,41 +124,14 @@ class FakeDatabricks:
         return self.runs[run_id]
 
     # --- dispatch ---------------------------------------------------------------------------
-    def handle(self, request: Request) -> Response:
-        with self.lock:
-            self.requests.append(request)
+    def refuse(self, request: Request) -> Response | None:
         if request.path == "/.well-known/databricks-config":
             return error(404, "Not Found", "NOT_FOUND")
         if request.headers.get("authorization") != f"Bearer {self.token}":
             return error(401, "Invalid access token.", "UNAUTHENTICATED")
-        with self.lock:
-            fault = self._fault(request)
-        if fault is not None and not fault.after:
-            return self._fault_response(fault)
-        try:
-            response = self._route(request)
-        except Exception as exc:  # a bug in the fake: answer, never drop the connection
-            response = error(500, f"fake error: {type(exc).__name__}: {exc}")
-        return self._fault_response(fault) if fault is not None else response
-
-    def _fault(self, request: Request) -> Fault | None:
-        for fault in self.faults:
-            if (
-                fault.times > 0
-                and fault.method == request.method
-                and fault.pattern.search(request.path)
-            ):
-                fault.times -= 1
-                return fault
         return None
 
-    def _fault_response(self, fault: Fault) -> Response:
-        response = error(fault.status, fault.message, fault.error_code)
-        if fault.status in (429, 503):
-            response.headers["Retry-After"] = "0"
-        return response
-
-    def _route(self, request: Request) -> Response:
+    def route(self, request: Request) -> Response:
         path, method, query = request.path, request.method, request.query
         body = request.json if method in ("POST",) and request.body else {}
         path = re.sub(r"^/api/2\.[12]/jobs/", "/api/2.2/jobs/", path)  # older SDKs say 2.1
@@ -373,7 +278,9 @@ class FakeDatabricks:
         run = self.runs[run_id]
         task = run["body"]["tasks"][0]["spark_python_task"]
         script = self.file(task["python_file"])
-        arguments = [str(self.file(p)) for p in task.get("parameters", [])]
+        arguments = [
+            p if p.startswith("--") else str(self.file(p)) for p in task.get("parameters", [])
+        ]
         env = {
             k: v
             for k, v in os.environ.items()
@@ -519,33 +426,3 @@ class FakeDatabricks:
             for child in sorted(target.iterdir())
         ]
         return json_response(200, {"contents": contents})
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def _serve(self) -> None:
-        parts = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        request = Request(
-            self.command,
-            parts.path,
-            dict(parse_qsl(parts.query, keep_blank_values=True)),
-            {k.lower(): v for k, v in self.headers.items()},
-            body,
-        )
-        response = self.server.fake.handle(request)  # type: ignore[attr-defined]
-        self.send_response(response.status)
-        for key, value in response.headers.items():
-            self.send_header(key, value)
-        if self.command != "HEAD" or "Content-Length" not in response.headers:
-            self.send_header("Content-Length", str(len(response.body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(response.body)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None

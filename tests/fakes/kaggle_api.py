@@ -28,10 +28,11 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
+
+from .base import FakeServer, Request, Response, json_response
 
 SERVICE = "/v1/kernels.KernelsApiService/"
 
@@ -46,23 +47,6 @@ class Script:
     line_seconds: float = 0.005
     outputs: dict[str, bytes] = field(default_factory=dict)
     hold: threading.Event | None = None
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    body: Any
-    status: int = 0
-
-
-@dataclass
-class Failure:
-    pattern: str
-    status: int
-    message: str
-    times: int = 1
-    after: bool = False
 
 
 class Session:
@@ -90,47 +74,24 @@ class Session:
         return self.status in ("complete", "error", "cancelAcknowledged")
 
 
-class FakeKaggle:
+class FakeKaggle(FakeServer):
     def __init__(self, username: str = "tester", key: str = "0123456789abcdef-fake-key") -> None:
+        super().__init__()
         self.username = username
         self.key = key
         self.execute = False
         self.script = Script(lines=[("stdout", '{"event": "start", "epochs": 1}')])
-        self.requests: list[Recorded] = []
-        self.failures: list[Failure] = []
         self.kernels: dict[str, dict[str, Any]] = {}  # "owner/slug" -> kernel
         self.sessions: dict[str, Session] = {}
         self.datasets: dict[str, dict[str, bytes]] = {}  # "owner/slug" -> files
-        self.lock = threading.RLock()
         self.workdir = Path(tempfile.mkdtemp(prefix="fake-kaggle-"))
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> FakeKaggle:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
+    def cleanup(self) -> None:
         for session in self.sessions.values():
             process = getattr(session, "process", None)
             if process is not None and process.poll() is None:
                 process.kill()
-        self.server.shutdown()
-        self.server.server_close()
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def fail(self, pattern: str, status: int, message: str, *, times: int = 1, after=False):
-        self.failures.append(Failure(pattern, status, message, times, after))
-
-    def calls(self, method: str) -> list[Recorded]:
-        return [r for r in self.requests if r.path == SERVICE + method]
 
     def cancel_from_the_website(self, ref: str) -> None:
         """What the kernel page's "Stop session" button does."""
@@ -217,146 +178,91 @@ class FakeKaggle:
             session.end("error", f"Your notebook hit an unhandled error (exit code {code})")
 
     # --- HTTP ---------------------------------------------------------------------------------
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        fake = self
+    def error(self, status: int, message: str) -> Response:
+        return json_response(status, {"code": status, "message": message})
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    def refuse(self, request: Request) -> Response | None:
+        if request.path.startswith("/files/"):  # signed download URLs need no auth
+            return self._file(unquote(request.path[len("/files/") :]))
+        expected = base64.b64encode(f"{self.username}:{self.key}".encode()).decode()
+        if request.headers.get("authorization") != f"Basic {expected}":
+            return self.error(401, "Unauthenticated: the API key is invalid or revoked")
+        return None
 
-            def log_message(self, *args: Any) -> None:
-                return None
+    def route(self, request: Request) -> Response:
+        path, body = request.path, request.json
+        if path == SERVICE + "SaveKernel":
+            ref = body["slug"]
+            owner = ref.split("/")[0]
+            if owner != self.username:
+                return self.error(403, f"Permission 'kernels.create' was denied for {ref}")
+            if body.get("kernelType") != "script" or not body.get("text"):
+                return json_response(200, {"error": "Invalid kernel: a script is required"})
+            with self.lock:
+                kernel = self.kernels.get(ref)
+                version = (kernel["version"] + 1) if kernel else 1
+                kernel = {**body, "version": version, "id": 4242}
+                self.kernels[ref] = kernel
+            self._start(ref, kernel)
+            return json_response(
+                200,
+                {
+                    "ref": f"/code/{ref}",
+                    "url": f"https://www.kaggle.com/code/{ref}",
+                    "versionNumber": version,
+                    "kernelId": 4242,
+                },
+            )
+        if path in (SERVICE + "GetKernelSessionStatus", SERVICE + "ListKernelSessionOutput"):
+            ref = f"{body.get('userName')}/{body.get('kernelSlug')}"
+            session = self.sessions.get(ref)
+            if session is None:
+                return self.error(403, "Permission 'kernels.get' was denied")
+            if path.endswith("Status"):
+                session.observed += 1
+                answer = {"status": session.status}
+                if session.failure:
+                    answer["failureMessage"] = session.failure
+                return json_response(200, answer)
+            files = [
+                {"fileName": name, "url": f"{self.url}/files/{ref}/{quote(name)}"}
+                for name in sorted(session.outputs)
+            ]
+            log = json.dumps(session.entries) if session.over else None
+            return json_response(200, {"files": files, **({"log": log} if log else {})})
+        m = re.fullmatch(r"/v1/kernels/logs/stream/([^/]+)/([^/]+)", path)
+        if m:
+            session = self.sessions.get(f"{m.group(1)}/{m.group(2)}")
+            if session is None:
+                return self.error(404, "no such kernel session")
+            if session.over:  # the persisted log, as Kaggle serves it after the session
+                return json_response(200, session.entries)
+            return Response(
+                200, headers={"Content-Type": "text/event-stream"}, stream=_sse(session)
+            )
+        return self.error(404, f"unknown method {path}")
 
-            def _json(self, status: int, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+    def _file(self, name: str) -> Response:
+        owner, slug, rest = name.split("/", 2)
+        session = self.sessions.get(f"{owner}/{slug}")
+        data = session.outputs.get(rest) if session else None
+        if data is None:
+            return self.error(404, "no such file")
+        return Response(200, data, {"Content-Type": "application/octet-stream"})
 
-            def _error(self, status: int, message: str) -> None:
-                self._json(status, {"code": status, "message": message})
 
-            def _authorized(self) -> bool:
-                expected = base64.b64encode(f"{fake.username}:{fake.key}".encode()).decode()
-                return self.headers.get("Authorization") == f"Basic {expected}"
-
-            def _dispatch(self) -> None:
-                url = urlsplit(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                body = json.loads(raw) if raw else None
-                record = Recorded(self.command, url.path, body)
-                fake.requests.append(record)
-                if url.path.startswith("/files/"):  # signed download URLs need no auth
-                    return self._file(unquote(url.path[len("/files/") :]))
-                if not self._authorized():
-                    record.status = 401
-                    return self._error(401, "Unauthenticated: the API key is invalid or revoked")
-                for failure in fake.failures:
-                    if failure.times > 0 and re.search(failure.pattern, url.path):
-                        failure.times -= 1
-                        if failure.after:
-                            self._route(url.path, body, reply=False)
-                        record.status = failure.status
-                        return self._error(failure.status, failure.message)
-                record.status = 200
-                self._route(url.path, body)
-
-            do_GET = do_POST = _dispatch
-
-            def _route(self, path: str, body: Any, reply: bool = True) -> None:
-                respond = self._json if reply else (lambda *a: None)
-                error = self._error if reply else (lambda *a: None)
-                if path == SERVICE + "SaveKernel":
-                    ref = body["slug"]
-                    owner = ref.split("/")[0]
-                    if owner != fake.username:
-                        return error(403, f"Permission 'kernels.create' was denied for {ref}")
-                    if body.get("kernelType") != "script" or not body.get("text"):
-                        return respond(200, {"error": "Invalid kernel: a script is required"})
-                    with fake.lock:
-                        kernel = fake.kernels.get(ref)
-                        version = (kernel["version"] + 1) if kernel else 1
-                        kernel = {**body, "version": version, "id": 4242}
-                        fake.kernels[ref] = kernel
-                    fake._start(ref, kernel)
-                    return respond(
-                        200,
-                        {
-                            "ref": f"/code/{ref}",
-                            "url": f"https://www.kaggle.com/code/{ref}",
-                            "versionNumber": version,
-                            "kernelId": 4242,
-                        },
-                    )
-                if path in (
-                    SERVICE + "GetKernelSessionStatus",
-                    SERVICE + "ListKernelSessionOutput",
-                ):
-                    ref = f"{body.get('userName')}/{body.get('kernelSlug')}"
-                    session = fake.sessions.get(ref)
-                    if session is None:
-                        return error(403, "Permission 'kernels.get' was denied")
-                    if path.endswith("Status"):
-                        session.observed += 1
-                        answer = {"status": session.status}
-                        if session.failure:
-                            answer["failureMessage"] = session.failure
-                        return respond(200, answer)
-                    files = [
-                        {"fileName": name, "url": f"{fake.url}/files/{ref}/{quote(name)}"}
-                        for name in sorted(session.outputs)
-                    ]
-                    log = json.dumps(session.entries) if session.over else None
-                    return respond(200, {"files": files, **({"log": log} if log else {})})
-                m = re.fullmatch(r"/v1/kernels/logs/stream/([^/]+)/([^/]+)", path)
-                if m and reply:
-                    session = fake.sessions.get(f"{m.group(1)}/{m.group(2)}")
-                    if session is None:
-                        return error(404, "no such kernel session")
-                    return self._stream(session)
-                return error(404, f"unknown method {path}")
-
-            def _file(self, name: str) -> None:
-                owner, slug, rest = name.split("/", 2)
-                session = fake.sessions.get(f"{owner}/{slug}")
-                data = session.outputs.get(rest) if session else None
-                if data is None:
-                    return self._error(404, "no such file")
-                self.send_response(200)
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _stream(self, session: Session) -> None:
-                if session.over:  # the persisted log, as Kaggle serves it after the session
-                    return self._json(200, session.entries)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                sent = 0
-                try:
-                    while True:
-                        with session.changed:
-                            if sent >= len(session.entries) and not session.over:
-                                session.changed.wait(0.05)
-                            fresh = session.entries[sent:]
-                            over = session.over
-                        for entry in fresh:
-                            chunk = f"data: {json.dumps(entry)}\n\n".encode()
-                            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                        sent += len(fresh)
-                        self.wfile.flush()
-                        if over and not fresh:
-                            break
-                    chunk = b"data: END_OF_LOG\n\n"
-                    self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk))
-                    self.wfile.flush()
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-                self.close_connection = True
-
-        return Handler
+def _sse(session: Session):
+    """The live log as server-sent events, until the session is over."""
+    sent = 0
+    while True:
+        with session.changed:
+            if sent >= len(session.entries) and not session.over:
+                session.changed.wait(0.05)
+            fresh = session.entries[sent:]
+            over = session.over
+        for entry in fresh:
+            yield f"data: {json.dumps(entry)}\n\n".encode()
+        sent += len(fresh)
+        if over and not fresh:
+            break
+    yield b"data: END_OF_LOG\n\n"

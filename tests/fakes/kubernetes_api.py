@@ -1,9 +1,13 @@
 """A local fake of the Kubernetes API server, spoken to by the real ``kubernetes`` client.
 
-It keeps ConfigMaps, batch/v1 Jobs and their pods, checks the bearer token (401 with a
-``Status`` body otherwise), answers 409 ``AlreadyExists`` for a second create, deletes with
-``propagationPolicy`` (``deletionTimestamp`` first, gone a moment later) and streams pod logs
-with ``follow=true`` (chunked, until the container ends).
+It keeps ConfigMaps, Services, batch/v1 Jobs and their pods, checks the bearer token (401
+with a ``Status`` body otherwise), answers 409 ``AlreadyExists`` for a second create, deletes
+Jobs with ``propagationPolicy`` (``deletionTimestamp`` first, gone a moment later, with the
+ConfigMaps and Services it owns) and streams pod logs with ``follow=true`` (chunked, until
+the container ends). An Indexed Job (``completionMode: Indexed``) gets ``completions`` pods,
+each with its index (label, annotation, ``JOB_COMPLETION_INDEX``, hostname ``NAME-i``); it
+completes when every index succeeded and fails when pods failed beyond ``backoffLimit``, the
+other pods then stopped, as the Job controller does.
 
 A pod runs one of two ways:
 
@@ -31,10 +35,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+from .base import FakeServer, Request, Response, json_response
+
+INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 
 
 def now() -> str:
@@ -51,37 +57,23 @@ class Script:
     step_seconds: float = 0.02  # each waiting reason lasts this long and until it was seen
     line_seconds: float = 0.005
     hold: threading.Event | None = None  # while set/unset: keep running after the lines
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    body: Any
-    status: int = 0
-
-
-@dataclass
-class Failure:
-    method: str
-    pattern: str
-    status: int
-    message: str
-    reason: str
-    times: int = 1
-    after: bool = False  # do the request first, then answer with the error (a lost reply)
+    # an Indexed Job's pods: index -> its exit code (default exit_code); only index 0 prints
+    # the lines (rank 0 speaks), the others ``worker_lines``
+    exit_codes: dict[int, int] = field(default_factory=dict)
+    worker_lines: list[str] = field(default_factory=list)
 
 
 class Pod:
-    def __init__(self, name: str, job: dict[str, Any]) -> None:
+    def __init__(self, name: str, job: dict[str, Any], index: int | None = None) -> None:
         self.name = name
         self.job = job
+        self.index = index  # an Indexed Job's completion index
         self.phase = "Pending"
         self.waiting: str | None = "ContainerCreating"
         self.waiting_message: str | None = None
         self.started = False
         self.exit_code: int | None = None
+        self.finished: str | None = None
         self.reason: str | None = None
         self.log = bytearray()
         self.changed = threading.Condition()
@@ -98,6 +90,7 @@ class Pod:
     def finish(self, code: int, reason: str | None = None) -> None:
         with self.changed:
             self.exit_code = code
+            self.finished = now()
             self.reason = reason or ("Completed" if code == 0 else "Error")
             self.phase = "Succeeded" if code == 0 else "Failed"
             self.waiting = None
@@ -117,7 +110,7 @@ class Pod:
                     "exitCode": self.exit_code,
                     "reason": self.reason,
                     "startedAt": self.created,
-                    "finishedAt": now(),
+                    "finishedAt": self.finished,
                 }
             }
         elif self.started:
@@ -138,6 +131,11 @@ class Pod:
         ]
         labels = dict(self.job["spec"]["template"]["metadata"].get("labels", {}))
         labels.update({"job-name": name, "batch.kubernetes.io/job-name": name})
+        annotations = {}
+        spec = self.job["spec"]["template"]["spec"]
+        if self.index is not None:
+            labels[INDEX_LABEL] = annotations[INDEX_LABEL] = str(self.index)
+            spec = {**spec, "hostname": f"{name}-{self.index}"}
         return {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -145,10 +143,11 @@ class Pod:
                 "name": self.name,
                 "namespace": self.job["metadata"]["namespace"],
                 "labels": labels,
+                "annotations": annotations,
                 "creationTimestamp": self.created,
                 "uid": str(uuid.uuid4()),
             },
-            "spec": self.job["spec"]["template"]["spec"],
+            "spec": spec,
             "status": {
                 "phase": self.phase,
                 "conditions": conditions,
@@ -166,41 +165,24 @@ class Pod:
         }
 
 
-class FakeKubernetes:
+class FakeKubernetes(FakeServer):
     """``with FakeKubernetes() as kube:`` ... ``kube.kubeconfig(path)`` ... ``kube.requests``."""
 
     def __init__(self, token: str = "fake-k8s-token-0123456789", execute: bool = False) -> None:
+        super().__init__()
         self.token = token
         self.execute = execute
         self.script = Script(lines=['{"event": "start", "epochs": 1}'])
-        self.requests: list[Recorded] = []
-        self.failures: list[Failure] = []
         self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.configmaps: dict[tuple[str, str], dict[str, Any]] = {}
+        self.services: dict[tuple[str, str], dict[str, Any]] = {}
         self.pods: dict[tuple[str, str], Pod] = {}
-        self.lock = threading.RLock()
         self.workdir = Path(tempfile.mkdtemp(prefix="fake-k8s-"))
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
 
-    # --- lifecycle --------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> FakeKubernetes:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
+    def cleanup(self) -> None:
         with self.lock:
             for pod in self.pods.values():
                 self._kill(pod)
-        self.server.shutdown()
-        self.server.server_close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def kubeconfig(self, path: Path, namespace: str = "ml", token: str | None = None) -> Path:
@@ -221,77 +203,74 @@ class FakeKubernetes:
         path.write_text(json.dumps(config))
         return path
 
-    def fail(
-        self,
-        method: str,
-        pattern: str,
-        status: int,
-        message: str = "",
-        *,
-        reason: str = "",
-        times: int = 1,
-        after: bool = False,
-    ) -> None:
-        self.failures.append(Failure(method, pattern, status, message, reason, times, after))
-
-    def calls(self, method: str, pattern: str) -> list[Recorded]:
-        return [r for r in self.requests if r.method == method and re.search(pattern, r.path)]
-
     def pod_of(self, namespace: str, job: str) -> Pod | None:
+        found = self.pods_of(namespace, job)
+        return found[0] if found else None
+
+    def pods_of(self, namespace: str, job: str) -> list[Pod]:
+        """The Job's pods, by index."""
         with self.lock:
-            for pod in self.pods.values():
-                if (
-                    pod.job["metadata"]["name"] == job
-                    and pod.job["metadata"]["namespace"] == namespace
-                ):
-                    return pod
-        return None
+            found = [
+                pod
+                for pod in self.pods.values()
+                if pod.job["metadata"]["name"] == job
+                and pod.job["metadata"]["namespace"] == namespace
+            ]
+        return sorted(found, key=lambda pod: pod.index or 0)
 
     # --- object logic -------------------------------------------------------------------------
     def _job_status(self, job: dict[str, Any]) -> dict[str, Any]:
         if "_final" in job:  # a finished Job keeps its conditions after its pods are gone
             return job["_final"]
-        pod = self.pod_of(job["metadata"]["namespace"], job["metadata"]["name"])
+        pods = self.pods_of(job["metadata"]["namespace"], job["metadata"]["name"])
         status: dict[str, Any] = {"startTime": job["metadata"]["creationTimestamp"]}
-        if pod is None:
+        if not pods:
             return status
-        if not pod.ended:
-            status["active"] = 1
-            status["ready"] = 1 if pod.started else 0
-            return status
-        if pod.reason == "DeadlineExceeded":
-            status["failed"] = 1
-            status["conditions"] = [
-                {
-                    "type": "Failed",
-                    "status": "True",
-                    "reason": "DeadlineExceeded",
-                    "message": "Job was active longer than specified deadline",
-                }
-            ]
-        elif pod.exit_code == 0:
-            status["succeeded"] = 1
+        completions = int(job["spec"].get("completions") or 1)
+        limit = int(job["spec"].get("backoffLimit", 6))
+        succeeded = sum(1 for pod in pods if pod.ended and pod.exit_code == 0)
+        failed = [pod for pod in pods if pod.ended and pod.exit_code != 0]
+        active = [pod for pod in pods if not pod.ended]
+        for key, value in (("succeeded", succeeded), ("failed", len(failed))):
+            if value:
+                status[key] = value
+        if failed and any(pod.reason == "DeadlineExceeded" for pod in failed):
+            condition = ("DeadlineExceeded", "Job was active longer than specified deadline")
+        elif len(failed) > limit:
+            condition = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+        elif succeeded >= completions:
             status["conditions"] = [{"type": "Complete", "status": "True"}]
+            job["_final"] = status
+            return status
         else:
-            status["failed"] = 1
-            status["conditions"] = [
-                {
-                    "type": "Failed",
-                    "status": "True",
-                    "reason": "BackoffLimitExceeded",
-                    "message": "Job has reached the specified backoff limit",
-                }
-            ]
+            if active:
+                status["active"] = len(active)
+                status["ready"] = sum(1 for pod in active if pod.started)
+            return status
+        # a failed Job: the controller stops its other pods
+        for pod in active:
+            pod.deleted = True
+            self._kill(pod)
+            pod.finish(143, "Error")
+        status.pop("active", None)
+        reason, message = condition
+        status["conditions"] = [
+            {"type": "Failed", "status": "True", "reason": reason, "message": message}
+        ]
         job["_final"] = status
         return status
 
     def _start_pod(self, job: dict[str, Any]) -> None:
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
-        pod = Pod(f"{name}-{uuid.uuid4().hex[:5]}", job)
-        with self.lock:
-            self.pods[(namespace, pod.name)] = pod
-        target = self._execute if self.execute else self._run_script
-        threading.Thread(target=target, args=(pod,), daemon=True).start()
+        indexed = job["spec"].get("completionMode") == "Indexed"
+        indexes = range(int(job["spec"].get("completions") or 1)) if indexed else [None]
+        for index in indexes:
+            middle = f"{index}-" if index is not None else ""
+            pod = Pod(f"{name}-{middle}{uuid.uuid4().hex[:5]}", job, index)
+            with self.lock:
+                self.pods[(namespace, pod.name)] = pod
+            target = self._execute if self.execute else self._run_script
+            threading.Thread(target=target, args=(pod,), daemon=True).start()
 
     def _deadline(self, pod: Pod) -> float | None:
         seconds = pod.job["spec"].get("activeDeadlineSeconds")
@@ -311,18 +290,24 @@ class FakeKubernetes:
             if pod.deleted:
                 return
         pod.waiting, pod.started, pod.phase = None, True, "Running"
-        for line in script.lines:
+        for line in script.lines if not pod.index else script.worker_lines:
             if pod.deleted:
                 return
             pod.write(line.encode() + b"\n")
             time.sleep(script.line_seconds)
-        while script.hold is not None and not script.hold.is_set() and not pod.deleted:
+        code = script.exit_codes.get(pod.index or 0, script.exit_code)
+        while (
+            script.hold is not None
+            and not script.hold.is_set()
+            and not pod.deleted
+            and pod.index not in script.exit_codes  # a pod told to fail does not wait
+        ):
             if deadline and time.monotonic() > deadline:
                 pod.finish(137, "DeadlineExceeded")
                 return
             time.sleep(0.01)
         if not pod.deleted:
-            pod.finish(script.exit_code)
+            pod.finish(code)
 
     def _execute(self, pod: Pod) -> None:
         """Run the container's command on this machine with the pod's volumes as folders."""
@@ -363,6 +348,8 @@ class FakeKubernetes:
             return path
 
         env = {e["name"]: local(e["value"]) for e in container.get("env", [])}
+        if pod.index is not None:  # the Job controller's, in every pod of an Indexed Job
+            env["JOB_COMPLETION_INDEX"] = str(pod.index)
         command = [sys.executable if c == "python" else local(c) for c in container["command"]]
         import os
 
@@ -413,8 +400,7 @@ class FakeKubernetes:
             job["metadata"]["deletionTimestamp"] = now()
             job["metadata"]["finalizers"] = ["foregroundDeletion"] if policy == "Foreground" else []
             job["_policy"] = policy
-        pod = self.pod_of(namespace, name)
-        if pod is not None:
+        for pod in self.pods_of(namespace, name):  # every pod of the Job
             pod.deleted = True
             self._kill(pod)
             if not pod.ended:
@@ -428,212 +414,145 @@ class FakeKubernetes:
                 for key, pod_ in list(self.pods.items()):
                     if pod_.job is job:
                         self.pods.pop(key)
-                for key, configmap in list(self.configmaps.items()):
-                    owners = configmap["metadata"].get("ownerReferences") or []
-                    if any(o.get("uid") == uid for o in owners):
-                        self.configmaps.pop(key)
+                for objects in (self.configmaps, self.services):
+                    for key, item in list(objects.items()):
+                        owners = item["metadata"].get("ownerReferences") or []
+                        if any(o.get("uid") == uid for o in owners):
+                            objects.pop(key)
 
         threading.Thread(target=collect, daemon=True).start()
         return job
 
     # --- HTTP ---------------------------------------------------------------------------------
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        fake = self
+    def error(self, status: int, message: str, reason: str = "", **details: Any) -> Response:
+        """A ``Status`` body, as the API server answers."""
+        body = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message or f"injected {status}",
+            "reason": reason or "InternalError",
+            "details": details,
+            "code": status,
+        }
+        return json_response(status, body)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    def refuse(self, request: Request) -> Response | None:
+        if request.headers.get("authorization") != f"Bearer {self.token}":
+            return self.error(401, "Unauthorized", "Unauthorized")
+        return None
 
-            def log_message(self, *args: Any) -> None:
-                return None
-
-            def _json(self, status: int, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                if fake.requests:
-                    fake.requests[-1].status = status
-
-            def _status(self, code: int, message: str, reason: str, **details: Any) -> None:
-                self._json(
-                    code,
-                    {
-                        "kind": "Status",
-                        "apiVersion": "v1",
-                        "metadata": {},
-                        "status": "Failure",
-                        "message": message,
-                        "reason": reason,
-                        "details": details,
-                        "code": code,
-                    },
-                )
-
-            def _dispatch(self) -> None:
-                url = urlsplit(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                body = json.loads(raw) if raw else None
-                record = Recorded(self.command, url.path, parse_qs(url.query), body)
-                fake.requests.append(record)
-                if self.headers.get("Authorization") != f"Bearer {fake.token}":
-                    self._status(401, "Unauthorized", "Unauthorized")
-                    return
-                failure = next(
-                    (
-                        f
-                        for f in fake.failures
-                        if f.times > 0
-                        and f.method == self.command
-                        and re.search(f.pattern, url.path)
-                    ),
-                    None,
-                )
-                if failure is not None:
-                    failure.times -= 1
-                    if failure.after:
-                        self._route(url, body, record, reply=False)
-                    self._status(
-                        failure.status,
-                        failure.message or f"injected {failure.status}",
-                        failure.reason or "InternalError",
-                    )
-                    return
-                self._route(url, body, record)
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
-
-            def _route(self, url: Any, body: Any, record: Recorded, reply: bool = True) -> None:
-                path = url.path
-                query = parse_qs(url.query)
-                respond = self._json if reply else (lambda *a: None)
-                status = self._status if reply else (lambda *a, **k: None)
-                m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/configmaps(?:/([^/]+))?", path)
-                if m:
-                    namespace, name = m.groups()
-                    if self.command == "POST":
-                        key = (namespace, body["metadata"]["name"])
-                        with fake.lock:
-                            if key in fake.configmaps:
-                                return status(
-                                    409,
-                                    f'configmaps "{key[1]}" already exists',
-                                    "AlreadyExists",
-                                    name=key[1],
-                                    kind="configmaps",
-                                )
-                            body["metadata"].update(
-                                namespace=namespace,
-                                uid=str(uuid.uuid4()),
-                                creationTimestamp=now(),
-                            )
-                            fake.configmaps[key] = body
-                        return respond(201, body)
-                    item = fake.configmaps.get((namespace, name or ""))
-                    if item is None:
-                        return status(404, f'configmaps "{name}" not found', "NotFound")
-                    return respond(200, item)
-                m = re.fullmatch(r"/apis/batch/v1/namespaces/([^/]+)/jobs(?:/([^/]+))?", path)
-                if m:
-                    namespace, name = m.groups()
-                    if self.command == "POST":
-                        key = (namespace, body["metadata"]["name"])
-                        with fake.lock:
-                            if key in fake.jobs:
-                                return status(
-                                    409,
-                                    f'jobs.batch "{key[1]}" already exists',
-                                    "AlreadyExists",
-                                    name=key[1],
-                                    group="batch",
-                                    kind="jobs",
-                                )
-                            body["metadata"].update(
-                                namespace=namespace,
-                                uid=str(uuid.uuid4()),
-                                creationTimestamp=now(),
-                            )
-                            fake.jobs[key] = body
-                        fake._start_pod(body)
-                        return respond(201, {**body, "status": {}})
-                    key = (namespace, name or "")
-                    if self.command == "DELETE":
-                        policy = (body or {}).get("propagationPolicy") or (
-                            query.get("propagationPolicy") or [None]
-                        )[0]
-                        job = fake._delete_job(*key, policy)
-                        if job is None:
-                            return status(404, f'jobs.batch "{name}" not found', "NotFound")
-                        return respond(200, {k: v for k, v in job.items() if not k.startswith("_")})
-                    job = fake.jobs.get(key)
-                    if job is None:
-                        return status(404, f'jobs.batch "{name}" not found', "NotFound")
-                    shown = {k: v for k, v in job.items() if not k.startswith("_")}
-                    return respond(200, {**shown, "status": fake._job_status(job)})
-                m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods", path)
-                if m:
-                    (namespace,) = m.groups()
-                    selector = (query.get("labelSelector") or [""])[0]
-                    wanted = dict(p.split("=", 1) for p in selector.split(",") if "=" in p)
-                    with fake.lock:
-                        items = [
-                            pod.to_json() for (ns, _), pod in fake.pods.items() if ns == namespace
-                        ]
-                    items = [
-                        i
-                        for i in items
-                        if all(i["metadata"]["labels"].get(k) == v for k, v in wanted.items())
-                    ]
-                    return respond(200, {"apiVersion": "v1", "kind": "PodList", "items": items})
-                m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)/log", path)
-                if m:
-                    pod = fake.pods.get(m.groups())
-                    if pod is None:
-                        return status(404, f'pods "{m.group(2)}" not found', "NotFound")
-                    if not pod.started:
-                        return status(
-                            400,
-                            f'container "train" in pod "{pod.name}" is waiting to start: '
-                            f"{pod.waiting}",
-                            "BadRequest",
+    def route(self, request: Request) -> Response:
+        path, method, query = request.path, request.method, request.query
+        body = request.json
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/(configmaps|services)(?:/([^/]+))?", path)
+        if m:
+            namespace, kind, name = m.groups()
+            objects = self.configmaps if kind == "configmaps" else self.services
+            if method == "POST":
+                key = (namespace, body["metadata"]["name"])
+                with self.lock:
+                    if key in objects:
+                        return self.error(
+                            409,
+                            f'{kind} "{key[1]}" already exists',
+                            "AlreadyExists",
+                            name=key[1],
+                            kind=kind,
                         )
-                    if (query.get("follow") or ["false"])[0] == "true":
-                        return self._follow(pod)
-                    data = bytes(pod.log)
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/plain")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                    record.status = 200
-                    return None
-                return status(404, f"the server could not find {path}", "NotFound")
+                    body["metadata"].update(
+                        namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=now()
+                    )
+                    objects[key] = body
+                return json_response(201, body)
+            item = objects.get((namespace, name or ""))
+            if item is None:
+                return self.error(404, f'{kind} "{name}" not found', "NotFound")
+            if method == "PATCH":  # a merge patch of the metadata
+                with self.lock:
+                    item["metadata"].update((body or {}).get("metadata") or {})
+            if method == "DELETE":
+                with self.lock:
+                    objects.pop((namespace, name), None)
+                status = {"kind": "Status", "apiVersion": "v1", "status": "Success"}
+                return json_response(200, item if kind == "services" else status)
+            return json_response(200, item)
+        m = re.fullmatch(r"/apis/batch/v1/namespaces/([^/]+)/jobs(?:/([^/]+))?", path)
+        if m:
+            namespace, name = m.groups()
+            if method == "POST":
+                key = (namespace, body["metadata"]["name"])
+                with self.lock:
+                    if key in self.jobs:
+                        return self.error(
+                            409,
+                            f'jobs.batch "{key[1]}" already exists',
+                            "AlreadyExists",
+                            name=key[1],
+                            group="batch",
+                            kind="jobs",
+                        )
+                    body["metadata"].update(
+                        namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=now()
+                    )
+                    self.jobs[key] = body
+                self._start_pod(body)
+                return json_response(201, {**body, "status": {}})
+            key = (namespace, name or "")
+            if method == "DELETE":
+                policy = (body or {}).get("propagationPolicy") or query.get("propagationPolicy")
+                job = self._delete_job(*key, policy)
+                if job is None:
+                    return self.error(404, f'jobs.batch "{name}" not found', "NotFound")
+                return json_response(200, {k: v for k, v in job.items() if not k.startswith("_")})
+            job = self.jobs.get(key)
+            if job is None:
+                return self.error(404, f'jobs.batch "{name}" not found', "NotFound")
+            shown = {k: v for k, v in job.items() if not k.startswith("_")}
+            return json_response(200, {**shown, "status": self._job_status(job)})
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods", path)
+        if m:
+            (namespace,) = m.groups()
+            selector = query.get("labelSelector") or ""
+            wanted = dict(p.split("=", 1) for p in selector.split(",") if "=" in p)
+            with self.lock:
+                items = [pod.to_json() for (ns, _), pod in self.pods.items() if ns == namespace]
+            items = [
+                i
+                for i in items
+                if all(i["metadata"]["labels"].get(k) == v for k, v in wanted.items())
+            ]
+            return json_response(200, {"apiVersion": "v1", "kind": "PodList", "items": items})
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)/log", path)
+        if m:
+            pod = self.pods.get(m.groups())
+            if pod is None:
+                return self.error(404, f'pods "{m.group(2)}" not found', "NotFound")
+            if not pod.started:
+                return self.error(
+                    400,
+                    f'container "train" in pod "{pod.name}" is waiting to start: {pod.waiting}',
+                    "BadRequest",
+                )
+            plain = {"Content-Type": "text/plain"}
+            if query.get("follow") == "true":
+                return Response(200, headers=plain, stream=_follow(pod))
+            return Response(200, bytes(pod.log), plain)
+        return self.error(404, f"the server could not find {path}", "NotFound")
 
-            def _follow(self, pod: Pod) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                sent = 0
-                try:
-                    while True:
-                        with pod.changed:
-                            if sent >= len(pod.log) and not pod.ended:
-                                pod.changed.wait(0.05)
-                            chunk = bytes(pod.log[sent:])
-                            ended = pod.ended
-                        if chunk:
-                            sent += len(chunk)
-                            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                            self.wfile.flush()
-                        elif ended:
-                            break
-                    self.wfile.write(b"0\r\n\r\n")
-                    self.wfile.flush()
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-                self.close_connection = True
 
-        return Handler
+def _follow(pod: Pod):
+    """The pod's log as it grows, until the container ends."""
+    sent = 0
+    while True:
+        with pod.changed:
+            if sent >= len(pod.log) and not pod.ended:
+                pod.changed.wait(0.05)
+            chunk = bytes(pod.log[sent:])
+            ended = pod.ended
+        if chunk:
+            sent += len(chunk)
+            yield chunk
+        elif ended:
+            return

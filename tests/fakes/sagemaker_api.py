@@ -28,8 +28,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from .base import FakeServer, Request, Response, json_response
 
 
 @dataclass(frozen=True)
@@ -128,14 +129,10 @@ def validation(message: str) -> ApiError:
     return ApiError(400, "ValidationException", message)
 
 
-@dataclass
-class Fault:
-    operation: str  # an operation name or "*"
-    status: int
-    code: str
-    message: str
-    times: int = 1
-    after: bool = False
+def fault(kind: str, message: str | None = None) -> dict[str, Any]:
+    """``fail()``'s arguments for an error of ``kind`` (a key of ``ERRORS``)."""
+    status, code, default = ERRORS[kind]
+    return {"status": status, "message": message or default, "code": code}
 
 
 @dataclass
@@ -168,8 +165,9 @@ class FakeTrainingJob:
         return f"{output}/{self.name}/output/model.tar.gz"
 
 
-class FakeSageMaker:
-    """The fake API server; ``with FakeSageMaker() as fake: ... fake.endpoint``."""
+class FakeSageMaker(FakeServer):
+    """The fake API server; ``with FakeSageMaker() as fake: ... fake.endpoint``. Requests are
+    recorded with the operation as their path (``/CreateTrainingJob``)."""
 
     def __init__(
         self,
@@ -181,6 +179,7 @@ class FakeSageMaker:
         training_seconds: int = 400,
         billable_seconds: int | None = None,
     ) -> None:
+        super().__init__()
         self.script = script
         self.container = container
         self.account = account
@@ -188,46 +187,8 @@ class FakeSageMaker:
         self.training_seconds = training_seconds
         self.billable_seconds = billable_seconds
         self.jobs: dict[str, FakeTrainingJob] = {}
-        self.requests: list[tuple[str, dict[str, Any]]] = []
-        self.faults: list[Fault] = []
-        self.lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # --- lifecycle ----------------------------------------------------------------------------
-    def start(self) -> FakeSageMaker:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                target = self.headers.get("X-Amz-Target", "")
-                status, payload = fake.handle(target, raw)
-                body = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/x-amz-json-1.1")
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-                if status >= 400:
-                    self.send_header("x-amzn-ErrorType", payload.get("__type", ""))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="fake-sagemaker", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
+    def cleanup(self) -> None:
         with self.lock:
             jobs = list(self.jobs.values())
         for job in jobs:
@@ -235,41 +196,10 @@ class FakeSageMaker:
         for job in jobs:
             if job.container is not None:
                 job.container.join(timeout=30)
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeSageMaker:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def endpoint(self) -> str:
-        assert self._server is not None, "start() the fake first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    # --- test controls ------------------------------------------------------------------------
-    def fail(
-        self,
-        operation: str,
-        kind: str = "unavailable",
-        *,
-        times: int = 1,
-        after: bool = False,
-        message: str | None = None,
-    ) -> None:
-        """Answer the next ``times`` calls of ``operation`` with an error of ``kind``."""
-        status, code, default = ERRORS[kind]
-        with self.lock:
-            self.faults.append(Fault(operation, status, code, message or default, times, after))
-
-    def calls(self, operation: str) -> list[dict[str, Any]]:
-        with self.lock:
-            return [body for op, body in self.requests if op == operation]
+        return self.url
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -280,40 +210,32 @@ class FakeSageMaker:
         return False
 
     # --- the API ------------------------------------------------------------------------------
-    def handle(self, target: str, raw: bytes) -> tuple[int, dict[str, Any]]:
-        service, _, operation = target.partition(".")
+    def handle(self, request: Request) -> Response:
+        target = request.headers.get("x-amz-target", "")
+        request.path = "/" + target.partition(".")[2]  # faults and calls() match operations
+        return super().handle(request)
+
+    def error(self, status: int, message: str, code: str = "InternalFailure") -> Response:
+        return json_response(
+            status,
+            {"__type": code, "message": message},
+            **{"x-amzn-RequestId": str(uuid.uuid4()), "x-amzn-ErrorType": code},
+        )
+
+    def route(self, request: Request) -> Response:
+        service, _, operation = request.headers.get("x-amz-target", "").partition(".")
         try:
-            body = json.loads(raw or b"{}")
+            body = json.loads(request.body or b"{}")
         except ValueError:
-            return self._error(ApiError(400, "SerializationException", "invalid JSON"))
-        with self.lock:
-            self.requests.append((operation, body))
-            fault = self._take_fault(operation)
-        if service != "SageMaker":
-            return self._error(ApiError(400, "UnknownOperationException", target))
-        if fault is not None and not fault.after:
-            return self._error(ApiError(fault.status, fault.code, fault.message))
+            return self.error(400, "invalid JSON", "SerializationException")
         handler = getattr(self, f"op_{operation}", None)
-        if handler is None:
-            return self._error(ApiError(400, "UnknownOperationException", operation))
+        if service != "SageMaker" or handler is None:
+            return self.error(400, operation or service, "UnknownOperationException")
         try:
             result = handler(body)
         except ApiError as exc:
-            return self._error(exc)
-        if fault is not None:
-            return self._error(ApiError(fault.status, fault.code, fault.message))
-        return 200, result
-
-    def _take_fault(self, operation: str) -> Fault | None:
-        for fault in self.faults:
-            if fault.operation in (operation, "*") and fault.times > 0:
-                fault.times -= 1
-                return fault
-        return None
-
-    @staticmethod
-    def _error(exc: ApiError) -> tuple[int, dict[str, Any]]:
-        return exc.status, {"__type": exc.code, "message": exc.message}
+            return self.error(exc.status, exc.message, exc.code)
+        return json_response(200, result, **{"x-amzn-RequestId": str(uuid.uuid4())})
 
     def op_CreateTrainingJob(self, body: dict[str, Any]) -> dict[str, Any]:
         name = body.get("TrainingJobName")

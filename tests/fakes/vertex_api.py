@@ -6,7 +6,10 @@ REST wire formats to the real SDKs (``google-cloud-aiplatform``, ``google-cloud-
   label filter, ``:cancel``), answering with ``enum-encoding=int`` as the SDK asks. A job's
   state either follows a script (one step per GET) or, with ``execute=True``, a real run of
   the job's container command on this machine, as Vertex AI would run it: without the
-  user's credentials, ``STORAGE_EMULATOR_HOST`` pointing at this fake's Cloud Storage.
+  user's credentials, ``STORAGE_EMULATOR_HOST`` pointing at this fake's Cloud Storage, one
+  process per replica of every worker pool, each with its ``CLUSTER_SPEC`` (replicas at
+  127.0.0.1, each on a port of its own); a failed replica fails the job and stops the rest,
+  ``:cancel`` stops them all.
 - Cloud Storage JSON API: multipart and resumable uploads, media downloads (ranges,
   ``x-goog-hash``), object metadata, listing.
 - Cloud Logging ``entries:list`` (the container's lines, INFO for stdout, ERROR for stderr).
@@ -26,16 +29,17 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import quote, unquote
+
+from .base import FakeServer, Request, Response, json_response
 
 ACCESS_TOKEN = "ya29.fake-access-token-0123456789abcdefghij"
 PROJECT_NUMBER = "123456789012"
@@ -79,42 +83,6 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-@dataclass
-class Request:
-    method: str
-    path: str  # without the query string
-    query: dict[str, str]
-    raw_query: str
-    headers: dict[str, str]
-    body: bytes
-    time: float = field(default_factory=time.monotonic)
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body) if self.body else None
-
-
-@dataclass
-class Fault:
-    method: str
-    pattern: re.Pattern[str]
-    status: int
-    message: str
-    times: int
-    after: bool  # act first, then answer with the error (only the response is lost)
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def json_response(status: int, payload: Any) -> Response:
-    return Response(status, json.dumps(payload).encode(), {"Content-Type": "application/json"})
-
-
 def error(status: int, message: str) -> Response:
     payload = {
         "error": {"code": status, "message": message, "status": STATUS_NAMES.get(status, "")}
@@ -122,67 +90,34 @@ def error(status: int, message: str) -> Response:
     return json_response(status, payload)
 
 
-class FakeGoogleCloud:
+class FakeGoogleCloud(FakeServer):
     """Vertex AI + Cloud Storage + Cloud Logging on ``http://127.0.0.1:PORT``."""
 
     def __init__(self, workdir: Path) -> None:
+        super().__init__()
         self.workdir = Path(workdir)
-        self.requests: list[Request] = []
         self.jobs: dict[str, dict[str, Any]] = {}
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.entries: list[dict[str, Any]] = []
-        self.faults: list[Fault] = []
         self.script: list[Any] = ["JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"]
         self.execute = False
         self.processes: dict[str, subprocess.Popen] = {}
-        self.lock = threading.RLock()
         self._ids = itertools.count(4000000000000000001)
         self._uploads: dict[str, dict[str, Any]] = {}
         self._generations = itertools.count(1700000000000001)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.server.daemon_threads = True
-        self.server.fake = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
-    # --- lifecycle --------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def start(self) -> FakeGoogleCloud:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
+    def cleanup(self) -> None:
         for process in list(self.processes.values()):
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
         for process in list(self.processes.values()):
             with contextlib.suppress(Exception):
                 process.wait(timeout=10)
-        self.server.shutdown()
-        self.server.server_close()
+
+    def error(self, status: int, message: str) -> Response:
+        return error(status, message or STATUS_NAMES.get(status, "error"))
 
     # --- test helpers -----------------------------------------------------------------------
-    def fail(
-        self,
-        method: str,
-        path: str,
-        status: int,
-        message: str = "",
-        *,
-        times: int = 1,
-        after: bool = False,
-    ) -> None:
-        """Answer the next ``times`` requests matching ``method`` and the ``path`` regex
-        with ``status`` (after acting on them if ``after``)."""
-        message = message or STATUS_NAMES.get(status, "error")
-        self.faults.append(Fault(method, re.compile(path), status, message, times, after))
-
-    def calls(self, method: str, path: str = "") -> list[Request]:
-        pattern = re.compile(path)
-        return [r for r in self.requests if r.method == method and pattern.search(r.path)]
-
     def put_object(self, bucket: str, name: str, data: bytes) -> None:
         with self.lock:
             self._store(bucket, name, data, "application/octet-stream")
@@ -205,32 +140,7 @@ class FakeGoogleCloud:
         raise AssertionError("the fake's job processes did not end")
 
     # --- dispatch ---------------------------------------------------------------------------
-    def handle(self, request: Request) -> Response:
-        with self.lock:
-            self.requests.append(request)
-            fault = self._fault(request)
-        if fault is not None and not fault.after:
-            return error(fault.status, fault.message)
-        try:
-            response = self._route(request)
-        except Exception as exc:  # a bug in the fake: answer, never drop the connection
-            response = error(500, f"fake error: {type(exc).__name__}: {exc}")
-        if fault is not None:
-            return error(fault.status, fault.message)
-        return response
-
-    def _fault(self, request: Request) -> Fault | None:
-        for fault in self.faults:
-            if (
-                fault.times > 0
-                and fault.method == request.method
-                and fault.pattern.search(request.path)
-            ):
-                fault.times -= 1
-                return fault
-        return None
-
-    def _route(self, request: Request) -> Response:
+    def route(self, request: Request) -> Response:
         path, method = request.path, request.method
         if path == "/token" and method == "POST":
             return json_response(
@@ -341,70 +251,115 @@ class FakeGoogleCloud:
             self._set_state(job, "JOB_STATE_CANCELLING")
             job["_script"] = ["JOB_STATE_CANCELLED"]
             job["_cancelled"] = True
-            process = self.processes.get(job_id)
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
+            replicas = [
+                process
+                for key, process in self.processes.items()
+                if key == job_id or key.startswith(f"{job_id}:")
+            ]
+        for process in replicas:  # every replica of every pool
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
         return json_response(200, {})
 
     def _run(self, job_id: str) -> None:
-        """Run the worker pool's container command here, as Vertex AI would."""
+        """Run every replica of every worker pool here, as Vertex AI would: the container
+        command with ``CLUSTER_SPEC`` (each replica at 127.0.0.1 on a port of its own, the
+        replica's own ``task``). The job fails when a replica fails (the others are
+        stopped) and succeeds when all of them succeed."""
         job = self.jobs[job_id]
-        container = job["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]
-        command = [*container.get("command", []), *container.get("args", [])]
-        if command and command[0] in ("python", "python3"):
-            command[0] = sys.executable
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("GOOGLE_", "CLOUDSDK_", "NEURAL_JUPYTER_", "CLOUD_ML_"))
-        }
+        pools = job["jobSpec"]["workerPoolSpecs"]
+        tasks = [
+            (f"workerpool{p}", i, pool["containerSpec"])
+            for p, pool in enumerate(pools)
+            if pool
+            for i in range(int(pool.get("replicaCount") or 1))
+        ]
+        cluster: dict[str, list[str]] = {}
+        for kind, _, _ in tasks:
+            cluster.setdefault(kind, []).append(f"127.0.0.1:{free_port()}")
         base = job["jobSpec"].get("baseOutputDirectory", {}).get("outputUriPrefix", "")
-        env.update(
-            STORAGE_EMULATOR_HOST=self.url,
-            CLOUD_ML_PROJECT_ID=job["_project"],
-            CLOUD_ML_JOB_ID=job_id,
-            AIP_MODEL_DIR=base.rstrip("/") + "/model/",
-            AIP_CHECKPOINT_DIR=base.rstrip("/") + "/checkpoints/",
-            OMP_NUM_THREADS="1",
-        )
-        env.update({item["name"]: item["value"] for item in container.get("env", [])})
-        root = self.workdir / f"container-{job_id}"
-        root.mkdir(parents=True, exist_ok=True)
         with self.lock:
             self._set_state(job, "JOB_STATE_PENDING")
             if job.get("_cancelled"):
                 self._set_state(job, "JOB_STATE_CANCELLED")
                 return
-            process = subprocess.Popen(
-                command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-            )
-            self.processes[job_id] = process
+            started = []
+            for kind, index, container in tasks:
+                command = [*container.get("command", []), *container.get("args", [])]
+                if command and command[0] in ("python", "python3"):
+                    command[0] = sys.executable
+                env = {
+                    k: v
+                    for k, v in os.environ.items()
+                    if not k.startswith(("GOOGLE_", "CLOUDSDK_", "NEURAL_JUPYTER_", "CLOUD_ML_"))
+                }
+                spec = {
+                    "cluster": cluster,
+                    "environment": "cloud",
+                    "task": {"type": kind, "index": index},
+                    "job": json.dumps({"worker_pool_specs": pools}),
+                }
+                env.update(
+                    STORAGE_EMULATOR_HOST=self.url,
+                    CLOUD_ML_PROJECT_ID=job["_project"],
+                    CLOUD_ML_JOB_ID=job_id,
+                    CLUSTER_SPEC=json.dumps(spec),
+                    AIP_MODEL_DIR=base.rstrip("/") + "/model/",
+                    AIP_CHECKPOINT_DIR=base.rstrip("/") + "/checkpoints/",
+                    OMP_NUM_THREADS="1",
+                )
+                env.update({item["name"]: item["value"] for item in container.get("env", [])})
+                task = f"{kind}-{index}"
+                root = self.workdir / f"container-{job_id}" / task
+                root.mkdir(parents=True, exist_ok=True)
+                process = subprocess.Popen(
+                    command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                )
+                # the primary replica under the job's id, the others beside it
+                key = job_id if task == "workerpool0-0" else f"{job_id}:{task}"
+                self.processes[key] = process
+                started.append((task, process))
             self._set_state(job, "JOB_STATE_RUNNING")
         readers = [
-            threading.Thread(target=self._log, args=(job_id, process.stdout, "INFO")),
-            threading.Thread(target=self._log, args=(job_id, process.stderr, "ERROR")),
+            threading.Thread(target=self._log, args=(job_id, out, severity, task))
+            for task, process in started
+            for out, severity in ((process.stdout, "INFO"), (process.stderr, "ERROR"))
         ]
         for reader in readers:
             reader.start()
-        code = process.wait()
+        failed: tuple[str, int] | None = None
+        remaining = dict(started)
+        while remaining:
+            for task, process in list(remaining.items()):
+                code = process.poll()
+                if code is None:
+                    continue
+                del remaining[task]
+                if code and failed is None:
+                    failed = (task, code)
+                    for other in remaining.values():  # a failed replica ends the job
+                        with contextlib.suppress(ProcessLookupError):
+                            other.send_signal(signal.SIGTERM)
+            time.sleep(0.05)
         for reader in readers:
             reader.join()
         with self.lock:
             if job.get("_cancelled"):
                 self._set_state(job, "JOB_STATE_CANCELLED")
-            elif code == 0:
+            elif failed is None:
                 self._set_state(job, "JOB_STATE_SUCCEEDED")
             else:
+                task, code = failed
                 status = code if code >= 0 else 128 - code
                 message = (
-                    f"The replica workerpool0-0 exited with a non-zero status of {status}. "
+                    f"The replica {task} exited with a non-zero status of {status}. "
                     "To find out more about why your job exited please check the logs: "
                     f"https://console.cloud.google.com/logs/viewer?project={job['_project']}"
                 )
                 self._set_state(job, "JOB_STATE_FAILED", {"code": 3, "message": message})
 
-    def _log(self, job_id: str, stream: Any, severity: str) -> None:
+    def _log(self, job_id: str, stream: Any, severity: str, task: str = "workerpool0-0") -> None:
         for raw in iter(stream.readline, b""):
             entry = {
                 "insertId": hashlib.sha1(
@@ -415,9 +370,9 @@ class FakeGoogleCloud:
                 "textPayload": raw.decode("utf-8", "replace").rstrip("\n"),
                 "resource": {
                     "type": "ml_job",
-                    "labels": {"job_id": job_id, "task_name": "workerpool0-0"},
+                    "labels": {"job_id": job_id, "task_name": task},
                 },
-                "logName": f"projects/{PROJECT_NUMBER}/logs/workerpool0-0",
+                "logName": f"projects/{PROJECT_NUMBER}/logs/{task}",
             }
             with self.lock:
                 self.entries.append(entry)
@@ -556,6 +511,12 @@ class FakeGoogleCloud:
         return json_response(200, {"kind": "storage#objects", "items": items})
 
 
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _part(chunk: bytes) -> tuple[dict[str, str], bytes]:
     head, _, data = chunk.lstrip(b"\r\n").partition(b"\r\n\r\n")
     headers = {}
@@ -569,46 +530,3 @@ def _crc32c(data: bytes) -> str:
     import google_crc32c
 
     return base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def _serve(self) -> None:
-        parts = urlsplit(self.path)
-        body = self._body()
-        # Cloud Storage paths keep their quoting: object names may contain "/" (as %2F)
-        storage = parts.path.startswith(("/storage/", "/download/", "/upload/"))
-        request = Request(
-            self.command,
-            parts.path if storage else unquote(parts.path),
-            dict(parse_qsl(parts.query, keep_blank_values=True)),
-            parts.query,
-            {k.lower(): v for k, v in self.headers.items()},
-            body,
-        )
-        response = self.server.fake.handle(request)  # type: ignore[attr-defined]
-        self.send_response(response.status)
-        for key, value in response.headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(response.body)))
-        self.end_headers()
-        self.wfile.write(response.body)
-
-    def _body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().strip() or b"0", 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None

@@ -237,6 +237,16 @@ def load_data(bundle: Path, job: dict):
     return x_train, y_train, x_val, y_val
 
 
+def resolve_labels(y: np.ndarray) -> str:
+    """LABELS; "auto" (a cross-entropy the source did not pin to a label format) is
+    decided here: rows as wide as the output are one-hot, else class indices."""
+    if LABELS != "auto":
+        return LABELS
+    y = np.asarray(y)
+    classes = OUTPUT_SHAPE[-1]
+    return "onehot" if y.ndim == 2 and y.shape[1] == classes > 1 else "sparse"
+
+
 def prepare(x: np.ndarray, y: np.ndarray):
     """Arrays in the dtypes and shapes the model and the loss take."""
     x = np.asarray(x, dtype=np.int32 if INPUT_DTYPE == "int64" else np.float32)
@@ -460,10 +470,20 @@ def train(bundle: Path, job: dict, resume: bool) -> dict:
     seed_everything(seed, bool(job.get("deterministic")))
     requested_device = job.get("device", "auto")
     device, name = describe_device()
+    preferred = job.get("preferred_device")
+    if requested_device in ("auto", "") and preferred:
+        # the device the model source asks for, where this machine has that kind
+        gpu_asked = preferred.split(":")[0] in ("cuda", "gpu")
+        if preferred == "cpu" or (gpu_asked and device in ("cuda", "gpu")):
+            requested_device = preferred
+        else:
+            log(f"the model asks for device {preferred!r}; this machine has none")
     if requested_device not in ("auto", ""):
         device = name = requested_device
     precision = set_precision(job.get("precision", "fp32"), device.split(":")[0])
     x_train, y_train, x_val, y_val = load_data(bundle, job)
+    global LABELS
+    LABELS = resolve_labels(y_train)
     x, y = prepare(x_train, y_train)
     val = prepare(x_val, y_val) if x_val is not None and len(x_val) else None
     batch_size = int(job["batch_size"])

@@ -1,7 +1,8 @@
 # ruff: noqa
 # The generic part of every generated PyTorch train.py. The code generator prepends the
 # imports, the model class and the network-specific hooks (make_loss, make_optimizer,
-# make_scheduler and the constants TASK, LABELS, OUTPUT_ACTIVATION, METRICS, INPUT_DTYPE)
+# make_scheduler and the constants TASK, LABELS, CLASSES, OUTPUT_ACTIVATION, METRICS,
+# INPUT_DTYPE)
 # and appends everything below the BODY marker. It must only use the standard library,
 # numpy and torch: a bundle runs anywhere without neural-jupyter installed.
 # ----- BODY -----
@@ -23,8 +24,123 @@ class Stopped(Exception):
 _stop_request: list[Stopped] = []
 
 
+class Distributed:
+    """This process's place in a torchrun job: rank, world size (1 without torchrun)."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        self.backend = None
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+DIST = Distributed()
+
+
+def start_distributed(device: torch.device) -> None:
+    """Join torchrun's process group: NCCL when each process has a GPU of its own,
+    gloo on the CPU or when processes share a GPU (NCCL refuses two ranks on one
+    device); NEURAL_JUPYTER_DIST_BACKEND overrides the choice."""
+    if not DIST.active:
+        return
+    import datetime
+
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    own_gpu = device.type == "cuda" and DIST.local_world <= torch.cuda.device_count()
+    backend = os.environ.get("NEURAL_JUPYTER_DIST_BACKEND") or (
+        "nccl" if own_gpu else "gloo"
+    )
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=10))
+    DIST.backend = backend
+    if DIST.main:
+        log(
+            f"data parallel: {DIST.world} processes ({backend}), "
+            f"{DIST.local_world} on this node"
+        )
+
+
+def stop_distributed() -> None:
+    if DIST.backend is not None:
+        import torch.distributed as dist
+
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+        DIST.backend = None
+
+
+def die_with_parent() -> None:
+    """Under torchrun (which starts each process in a session of its own), end with it:
+    a torchrun killed outright leaves no rank behind (Linux)."""
+    if not DIST.active or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(
+            1, signal.SIGKILL
+        )  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent already went
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def summed_over_ranks(sums: dict, count: int, device: torch.device) -> dict:
+    """Each metric's sum over every process's samples, divided by their count: the mean
+    over the whole data set (what one process would report)."""
+    keys = sorted(sums)
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    values = torch.stack(
+        [torch.as_tensor(sums[key]).to(device=device, dtype=dtype) for key in keys]
+        + [torch.tensor(float(count), device=device, dtype=dtype)]
+    )
+    if DIST.active:
+        import torch.distributed as dist
+
+        dist.all_reduce(values)
+    totals = values.tolist()
+    return {key: value / totals[-1] for key, value in zip(keys, totals)}
+
+
+def pending_stop(state: dict, step: int):
+    """The stop to obey now, if any: a stop signal or the spent budget. Under torchrun
+    every process decides together every 10 steps, so they all stop at the same step."""
+    local = _stop_request[0] if _stop_request else None
+    if local is None and state["deadline"] and time.monotonic() > state["deadline"]:
+        local = Stopped("time budget spent", EXIT_TIMEOUT)
+    if not DIST.active:
+        return local
+    if step % 10:
+        return None
+    import torch.distributed as dist
+
+    flag = torch.tensor(
+        [0 if local is None else local.exit_code], device=state["device"]
+    )
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    code = int(flag.item())
+    if code == 0:
+        return None
+    return local or Stopped("another process stopped", code)
+
+
 def emit(event: str, **fields) -> None:
-    """One line of the event protocol on stdout (other output is plain log lines)."""
+    """One line of the event protocol on stdout (other output is plain log lines). Under
+    torchrun only rank 0 speaks, but any rank reports its own error."""
+    if not DIST.main:
+        if event != "error":
+            return
+        fields = {"rank": DIST.rank, **fields}
     record = {"event": event, "time": round(time.time(), 3), **fields}
     sys.stdout.write(json.dumps(record, default=_jsonable) + "\n")
     sys.stdout.flush()
@@ -39,6 +155,8 @@ def _jsonable(value):
 
 
 def log(message: str) -> None:
+    if not DIST.main:
+        message = f"[rank {DIST.rank}] {message}"
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
 
@@ -61,15 +179,48 @@ def seed_everything(seed: int, deterministic: bool) -> torch.Generator:
     return generator
 
 
-def pick_device(requested: str) -> torch.device:
+def pick_device(requested: str, preferred: str | None = None) -> torch.device:
+    """The job's device; ``preferred`` (the device the model source asks for) is used
+    when this machine has it, else the automatic choice."""
     if requested not in ("auto", ""):
-        return torch.device(requested)
+        device = torch.device(requested)
+        if DIST.active and device.type == "cuda" and device.index is None:
+            return torch.device("cuda", DIST.local_rank % torch.cuda.device_count())
+        return device
+    if preferred and not (DIST.active and preferred.startswith("cuda")):
+        if device_available(preferred):
+            return torch.device(preferred)
+        log(
+            f"the model asks for device {preferred!r}, which this machine does not have"
+        )
     if torch.cuda.is_available():
+        if DIST.active:  # one GPU per process, shared round-robin when too few
+            return torch.device("cuda", DIST.local_rank % torch.cuda.device_count())
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def device_available(name: str) -> bool:
+    device = torch.device(name)
+    if device.type == "cuda":
+        index = device.index or 0
+        return torch.cuda.is_available() and index < torch.cuda.device_count()
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        return mps is not None and mps.is_available()
+    return device.type == "cpu"
+
+
+def resolve_labels(y: np.ndarray) -> str:
+    """LABELS; "auto" (a cross-entropy the source did not pin to a label format) is
+    decided here: rows as wide as the output are one-hot, else class indices."""
+    if LABELS != "auto":
+        return LABELS
+    y = np.asarray(y)
+    return "onehot" if y.ndim == 2 and y.shape[1] == CLASSES > 1 else "sparse"
 
 
 def device_name(device: torch.device) -> str:
@@ -95,17 +246,86 @@ def load_data(bundle: Path, job: dict, generator: torch.Generator):
     return x_train, y_train, x_val, y_val
 
 
-def to_tensors(x: np.ndarray, y: np.ndarray, device: torch.device):
+def to_tensors(x: np.ndarray, y: np.ndarray):
+    """Host tensors of the model's dtypes (``place_data`` moves them)."""
     x_dtype = torch.long if INPUT_DTYPE == "int64" else torch.float32
     y_dtype = torch.long if LABELS == "sparse" else torch.float32
     x_t = torch.as_tensor(x).to(x_dtype)
     y_t = torch.as_tensor(y).to(y_dtype)
     if LABELS == "binary":
         y_t = y_t.reshape(len(y_t), -1)
-    # Small data sets live on the device for the whole run (no per-batch copies).
-    if x_t.element_size() * x_t.numel() < 512 * 2**20:
-        x_t, y_t = x_t.to(device), y_t.to(device)
     return x_t, y_t
+
+
+def nbytes(tensor: torch.Tensor) -> int:
+    return tensor.element_size() * tensor.numel()
+
+
+def place_data(mode: str, device: torch.device, pairs: list) -> list:
+    """The (x, y) pairs where they live for the whole run (``data_on_device``). On the
+    device there are no per-batch copies: "auto" puts each set there when under 512 MiB,
+    "on" all of them whenever they fit in half the device's free memory, "off" none
+    (each batch is copied). On the CPU the data is on the device whatever the mode."""
+    keep = [nbytes(x) < 512 * 2**20 for x, _ in pairs]
+    if mode == "off" and device.type != "cpu":
+        log("data on the device: off (host memory; each batch is copied to the device)")
+        keep = [False for _ in pairs]
+    elif mode == "on" and device.type != "cpu":
+        size = sum(nbytes(t) for pair in pairs for t in pair)
+        free = free_device_memory(device)
+        fits = free is None or size <= free // 2
+        keep = [fits for _ in pairs]
+        log(
+            f"data on the device: {size / 2**20:.1f} MiB, copied once"
+            if fits
+            else f"data on the device: {size / 2**20:.0f} MiB does not fit in half the "
+            f"device's free memory ({free / 2**20:.0f} MiB); it stays in host memory"
+        )
+    return [
+        (x.to(device), y.to(device)) if on_device else (x, y)
+        for (x, y), on_device in zip(pairs, keep)
+    ]
+
+
+def free_device_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` (None: unknown)."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "mps":
+            mps = torch.mps
+            return int(mps.recommended_max_memory() - mps.driver_allocated_memory())
+    except (AttributeError, RuntimeError):
+        return None
+    return None
+
+
+def use_channels_last(core: nn.Module) -> None:
+    """2-D convolution weights in channels-last memory format (``channels_last``).
+    The model's NHWC inputs already reach its convolutions channels-last (the permute
+    to NCHW keeps their memory order); the weights follow suit, so no step converts
+    them."""
+    if any(p.dim() == 4 for p in core.parameters()):
+        core.to(memory_format=torch.channels_last)
+        log("channels-last memory format: on")
+    else:
+        log("channels-last memory format: ignored (the model has no 2-D convolution)")
+
+
+def prepare_model(core: nn.Module, job: dict, device: torch.device):
+    """The model the loop calls: DistributedDataParallel under torchrun, and
+    torch.compile when the job asks for it (``compile``); ``core`` keeps the weights."""
+    model = core
+    if DIST.active:  # gradients averaged across processes at every step
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            core, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if job.get("compile"):
+        log("torch.compile: on (the first steps and the first evaluation compile)")
+        model = torch.compile(model)
+    return model
 
 
 def batch_stats(output: torch.Tensor, target: torch.Tensor) -> dict:
@@ -217,21 +437,24 @@ def run_epoch(
 ):
     """One pass over the training data; returns mean loss and metrics."""
     model.train()
-    count = len(x)
     batch_size = job["batch_size"]
-    steps = math.ceil(count / batch_size)
-    if job.get("shuffle", True):
-        order = torch.randperm(count, generator=state["generator"]).to(x.device)
+    sampler = state["sampler"]
+    if sampler is not None:  # this process's share: every process the same number
+        sampler.set_epoch(state["epoch"])
+        order = torch.as_tensor(list(sampler), dtype=torch.long, device=x.device)
+    elif job.get("shuffle", True):
+        order = torch.randperm(len(x), generator=state["generator"]).to(x.device)
     else:
-        order = torch.arange(count, device=x.device)
+        order = torch.arange(len(x), device=x.device)
+    count = len(order)
+    steps = math.ceil(count / batch_size)
     total_loss = torch.zeros((), device=device)
     totals: dict = {}
     last_emit = 0.0
     for step in range(steps):
-        if _stop_request:
-            raise _stop_request[0]
-        if state["deadline"] and time.monotonic() > state["deadline"]:
-            raise Stopped("time budget spent", EXIT_TIMEOUT)
+        stop = pending_stop(state, step)
+        if stop is not None:
+            raise stop
         index = order[step * batch_size : (step + 1) * batch_size]
         xb = x[index].to(device, non_blocking=True)
         yb = y[index].to(device, non_blocking=True)
@@ -273,14 +496,14 @@ def run_epoch(
                 batches=steps,
                 loss=round(loss.item(), 6),
             )
-    metrics = {"loss": (total_loss / count).item()}
-    metrics.update({key: (value / count).item() for key, value in totals.items()})
-    return metrics
+    return summed_over_ranks({"loss": total_loss, **totals}, count, device)
 
 
 @torch.no_grad()
 def evaluate(model, loss_fn, x, y, batch_size, device, autocast) -> dict:
     model.eval()
+    if DIST.active:  # each process a slice; the sums are added up across them
+        x, y = x[DIST.rank :: DIST.world], y[DIST.rank :: DIST.world]
     total_loss = torch.zeros((), device=device)
     totals: dict = {}
     for start in range(0, len(x), batch_size):
@@ -292,11 +515,8 @@ def evaluate(model, loss_fn, x, y, batch_size, device, autocast) -> dict:
         total_loss += loss.float() * len(xb)
         for key, value in batch_stats(output, yb).items():
             totals[key] = totals.get(key, 0) + value
-    metrics = {"val_loss": (total_loss / len(x)).item()}
-    metrics.update(
-        {f"val_{key}": (value / len(x)).item() for key, value in totals.items()}
-    )
-    return metrics
+    sums = summed_over_ranks({"loss": total_loss, **totals}, len(x), device)
+    return {f"val_{key}": value for key, value in sums.items()}
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -492,36 +712,62 @@ def train(bundle: Path, job: dict, resume: bool) -> dict:
     checkpoint_path = output_dir / "checkpoint.pt"
     started = time.monotonic()
     generator = seed_everything(int(job.get("seed", 0)), bool(job.get("deterministic")))
-    device = pick_device(job.get("device", "auto"))
+    device = pick_device(job.get("device", "auto"), job.get("preferred_device"))
+    start_distributed(device)
     x_train, y_train, x_val, y_val = load_data(bundle, job, generator)
-    x, y = to_tensors(x_train, y_train, device)
-    val = to_tensors(x_val, y_val, device) if x_val is not None and len(x_val) else None
-    model = build_model().to(device)
+    global LABELS
+    LABELS = resolve_labels(y_train)
+    pairs = [to_tensors(x_train, y_train)]
+    if x_val is not None and len(x_val):
+        pairs.append(to_tensors(x_val, y_val))
+    pairs = place_data(job.get("data_on_device", "auto"), device, pairs)
+    (x, y), val = pairs[0], (pairs[1] if len(pairs) > 1 else None)
+    core = build_model().to(device)
+    if job.get("channels_last"):
+        use_channels_last(core)
     loss_fn = make_loss()
-    optimizer = make_optimizer(model.parameters())
-    steps_per_epoch = math.ceil(len(x) / job["batch_size"])
+    optimizer = make_optimizer(core.parameters())
+    share = math.ceil(len(x) / DIST.world)  # each process's part of the data
+    steps_per_epoch = math.ceil(share / job["batch_size"])
     scheduler = make_scheduler(optimizer)
     autocast, scaler = make_autocast(job.get("precision", "fp32"), device)
     stopper = EarlyStopping(job.get("early_stopping"))
     history: list[dict] = []
     start_epoch = 1
     max_seconds = job.get("max_seconds")
+    sampler = None
+    if DIST.active:
+        sampler = torch.utils.data.DistributedSampler(
+            range(len(x)),
+            num_replicas=DIST.world,
+            rank=DIST.rank,
+            shuffle=bool(job.get("shuffle", True)),
+            seed=int(job.get("seed", 0)),
+        )
     state = {
         "generator": generator,
+        "sampler": sampler,
+        "device": device,
         "global_step": 0,
         "epoch": 0,
         "deadline": started + max_seconds if max_seconds else None,
         "debugger": (
-            Debugger(model, int(job["debug_every"]), device)
+            Debugger(core, int(job["debug_every"]), device)
             if job.get("debug_every")
             else None
         ),
     }
-    if resume and checkpoint_path.exists():
-        checkpoint = torch.load(
-            checkpoint_path, map_location=device, weights_only=False
-        )
-        model.load_state_dict(checkpoint["model"])
+    checkpoint = None
+    if resume and (DIST.main or not DIST.active) and checkpoint_path.exists():
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    if resume and DIST.active:  # rank 0's checkpoint (other nodes may have none)
+        import torch.distributed as dist
+
+        shared = [checkpoint]
+        dist.broadcast_object_list(shared, src=0)
+        checkpoint = shared[0]
+    if checkpoint is not None:
+        core.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         if scheduler is not None and checkpoint.get("scheduler"):
             scheduler[0].load_state_dict(checkpoint["scheduler"])
@@ -530,6 +776,7 @@ def train(bundle: Path, job: dict, resume: bool) -> dict:
         stopper.restore(checkpoint["early_stopping"])
         state["global_step"] = checkpoint["global_step"]
         start_epoch = checkpoint["epoch"] + 1
+    model = prepare_model(core, job, device)
     epochs = int(job["epochs"])
     emit(
         "start",
@@ -544,7 +791,8 @@ def train(bundle: Path, job: dict, resume: bool) -> dict:
         steps_per_epoch=steps_per_epoch,
         train_samples=len(x),
         val_samples=len(val[0]) if val else 0,
-        params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        params=sum(p.numel() for p in core.parameters() if p.requires_grad),
+        world_size=DIST.world,
         precision=job.get("precision", "fp32"),
         resumed_from=start_epoch - 1 if start_epoch > 1 else None,
     )
@@ -575,7 +823,7 @@ def train(bundle: Path, job: dict, resume: bool) -> dict:
         if scheduler is not None and scheduler[1] == "epoch":
             scheduler[0].step()
         history.append({"epoch": epoch, **metrics})
-        stop = stopper.observe(epoch, metrics, model)
+        stop = stopper.observe(epoch, metrics, core)
         emit(
             "epoch",
             epoch=epoch,
@@ -583,21 +831,22 @@ def train(bundle: Path, job: dict, resume: bool) -> dict:
             metrics=metrics,
             duration=round(time.monotonic() - epoch_start, 4),
         )
-        save_atomic(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler[0].state_dict()
-                if scheduler is not None
-                else None,
-                "generator": generator.get_state(),
-                "history": history,
-                "early_stopping": stopper.state(),
-                "global_step": state["global_step"],
-                "epoch": epoch,
-            },
-            checkpoint_path,
-        )
+        if DIST.main:  # one checkpoint, rank 0's (the weights are the same everywhere)
+            save_atomic(
+                {
+                    "model": core.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler[0].state_dict()
+                    if scheduler is not None
+                    else None,
+                    "generator": generator.get_state(),
+                    "history": history,
+                    "early_stopping": stopper.state(),
+                    "global_step": state["global_step"],
+                    "epoch": epoch,
+                },
+                checkpoint_path,
+            )
         if stop:
             stopped_early = True
             settings = stopper.settings
@@ -607,9 +856,11 @@ def train(bundle: Path, job: dict, resume: bool) -> dict:
             )
             break
     if stopper.best_state is not None:
-        model.load_state_dict(stopper.best_state)
+        core.load_state_dict(stopper.best_state)
+    if not DIST.main:
+        return {}
     weights = output_dir / "model.pt"
-    save_atomic(model.state_dict(), weights)
+    save_atomic(core.state_dict(), weights)
     write_json_atomic(history, output_dir / "history.json")
     for name, path in (
         ("weights", weights),
@@ -641,6 +892,11 @@ def explain(exc: BaseException) -> str | None:
     text = str(exc)
     if "out of memory" in text.lower():
         return "the GPU ran out of memory: try a smaller batch_size or --precision bf16"
+    if type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+        return (
+            "torch.compile failed: train without --compile (on the CPU it needs a C "
+            "compiler)"
+        )
     return None
 
 
@@ -653,6 +909,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     bundle = Path(args.job).resolve().parent
     job = json.loads(Path(args.job).read_text())
+    die_with_parent()
     for signum in STOP_SIGNALS:
         signal.signal(signum, _on_signal)
     status_path = bundle / job.get("output_dir", "output") / "status.json"
@@ -672,7 +929,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback=traceback.format_exc(),
             hint=explain(exc),
         )
-    write_json_atomic({"exit_code": code}, status_path)
+    finally:
+        stop_distributed()
+    if DIST.main:
+        write_json_atomic({"exit_code": code}, status_path)
     return code
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from neural_jupyter.errors import ConfigurationError, MissingDependencyError
+from neural_jupyter.redaction import redact_value
+from neural_jupyter.runtime.jobdir import JobDir
 from neural_jupyter.runtime.tail import LineTail
 
 JOB_ID = r"nj-[0-9a-f]{4,32}"
@@ -184,27 +186,34 @@ def _make_app(dashboard: DashboardServer):
         def get(self) -> None:
             records = dashboard.job_store().list(limit=50)
             self.write(
-                {
-                    "default": dashboard.job_id or (records[0].id if records else None),
-                    "jobs": [
-                        {"id": r.id, "name": r.name, "backend": r.backend, "status": r.status.value}
-                        for r in records
-                    ],
-                }
+                redact_value(
+                    {
+                        "default": dashboard.job_id or (records[0].id if records else None),
+                        "jobs": [
+                            {
+                                "id": r.id,
+                                "name": r.name,
+                                "platform": r.platform,
+                                "status": r.status.value,
+                            }
+                            for r in records
+                        ],
+                    }
+                )
             )
 
     class Spec(Protected):
         def get(self, job_id: str) -> None:
             record = self.job(job_id)
-            spec = Path(record.job_dir or ".") / "bundle" / "spec.json"
-            self.write(json.loads(spec.read_text()) if spec.exists() else {})
+            spec = JobDir(record.job_dir or ".").spec
+            self.write(redact_value(json.loads(spec.read_text())) if spec.exists() else {})
 
     class Graph(Protected):
         def get(self, job_id: str) -> None:
             from neural_jupyter.ui.graph import graph_svg
 
             record = self.job(job_id)
-            spec = Path(record.job_dir or ".") / "bundle" / "spec.json"
+            spec = JobDir(record.job_dir or ".").spec
             if not spec.exists():
                 raise tornado.web.HTTPError(404)
             self.set_header("Content-Type", "image/svg+xml")
@@ -212,26 +221,32 @@ def _make_app(dashboard: DashboardServer):
 
     class Events(Protected):
         async def get(self, job_id: str) -> None:
+            from neural_jupyter.jobs.lifetime import EndWatch
+
             record = self.job(job_id)
             self.set_header("Content-Type", "text/event-stream")
             self.set_header("X-Accel-Buffering", "no")
-            tail = LineTail(Path(record.job_dir or ".") / "stdout.log")
+            tail = LineTail(JobDir(record.job_dir or ".").stdout)
+            watch = EndWatch(record.id, dashboard.job_store())
+            loop = asyncio.get_running_loop()
             idle = 0.0
             try:
                 while True:
                     lines = [line for line in tail.read() if line.startswith('{"event"')]
                     for line in lines:
-                        self.write(f"data: {line}\n\n")
+                        self.write(event_message(line))
                     if lines:
                         await self.flush()
                         idle = 0.0
                         continue
-                    status = dashboard.job_store().get(job_id).status
-                    if status.is_terminal:
+                    # the job's own event log and process say when it ended (nobody has to
+                    # refresh its status); a platform call would block the loop: a thread
+                    ended = await loop.run_in_executor(None, watch.ended)
+                    if ended is not None:
                         for line in tail.flush():
                             if line.startswith('{"event"'):
-                                self.write(f"data: {line}\n\n")
-                        self.write(f"event: end\ndata: {json.dumps(status.value)}\n\n")
+                                self.write(event_message(line))
+                        self.write(f"event: end\ndata: {json.dumps(ended.value)}\n\n")
                         await self.flush()
                         return
                     idle += POLL_SECONDS
@@ -266,6 +281,16 @@ def _not_found_handler(base):
             raise tornado.web.HTTPError(404)
 
     return NotFound
+
+
+def event_message(line: str) -> str:
+    """One event line as a server-sent event, redacted (the one serializer of the stream, which
+    an ngrok tunnel may make public): string fields masked, the JSON kept valid."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return ""
+    return f"data: {json.dumps(redact_value(event))}\n\n"
 
 
 def valid_job_id(text: str) -> bool:

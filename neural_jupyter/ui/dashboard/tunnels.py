@@ -23,6 +23,7 @@ from neural_jupyter.redaction import register_secret
 
 MODES = ("auto", "none", "colab", "ngrok", "proxy")
 NGROK_USER = "neural"
+FRAME_HEIGHT = 1250  # px: room for the curves, the statistics panels and the model graph
 _open: list[Tunnel] = []
 
 
@@ -100,7 +101,7 @@ def _colab(server: Any) -> Tunnel:
         from google.colab import output
     except ImportError:
         raise ConfigurationError("--tunnel colab works only inside Google Colab") from None
-    output.serve_kernel_port_as_iframe(server.port, path=server.path(), height=720)
+    output.serve_kernel_port_as_iframe(server.port, path=server.path(), height=FRAME_HEIGHT)
     return Tunnel("colab", None)
 
 
@@ -139,20 +140,31 @@ def _ngrok(server: Any, pyngrok_config: Any) -> Tunnel:
     return Tunnel("ngrok", url, NGROK_USER, password, close)
 
 
-def close_when_job_ends(tunnel: Tunnel, job_id: str, store: Any, poll: float = 2.0) -> None:
-    """Close ``tunnel`` once the job reaches a final state (a daemon thread)."""
+def close_when_job_ends(tunnel: Tunnel, job_id: str, store: Any, poll: float = 0.5) -> None:
+    """Close ``tunnel`` within seconds of the job's end (a daemon thread). It follows the
+    job's own event log and process (``jobs.lifetime.EndWatch``), so it does not depend on
+    anyone refreshing the job's status; a job removed from the store closes it too."""
+    from neural_jupyter.jobs.lifetime import EndWatch
+    from neural_jupyter.jobs.store import JobNotFoundError
 
-    def watch() -> None:
+    watch = EndWatch(job_id, store)
+
+    def follow() -> None:
         while not tunnel.closed:
             try:
-                if store.get(job_id).status.is_terminal:
-                    tunnel.close()
-                    return
-            except Exception:
+                ended = watch.ended()
+            except JobNotFoundError:
+                ended = True
+            except Exception:  # a store that cannot be read now: try again
+                ended = False
+            if ended:
+                tunnel.close()
+                with contextlib.suppress(Exception):
+                    watch.settle()  # and the job store records the end, whoever looks
                 return
             time.sleep(poll)
 
-    threading.Thread(target=watch, name=f"neural-tunnel-{job_id}", daemon=True).start()
+    threading.Thread(target=follow, name=f"neural-tunnel-{job_id}", daemon=True).start()
 
 
 def close_all() -> None:
