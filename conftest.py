@@ -12,5 +12,6 @@ def pytest_configure(config):
         os.environ["NEURAL_JUPYTER_HOME"] = tempfile.mkdtemp(prefix="neural-jupyter-tests-")
     os.environ.setdefault("KERAS_BACKEND", "torch")
 
+
 # fixtures shared by the deploy tests (a digits model trained once per session)
 pytest_plugins = ("tests.deploy_support",)
