@@ -769,12 +769,13 @@ def test_cancel_stops_every_rank_on_the_host(sshd_extra, tmp_path, neural_home):
     assert job.refresh().status is JobStatus.CANCELLED
 
 
-def test_several_hosts_are_refused_naming_the_platforms_that_launch_them(tmp_path, neural_home):
+def test_several_nodes_need_their_hosts_and_other_platforms_name_ssh(tmp_path, neural_home):
     extra = {"host": "gpu.example.org"}
     with pytest.raises(ConfigurationError) as caught:
         api.submit(DIGITS, "digits", platform="ssh", nodes=2, extra=extra, dry_run=True)
-    assert "--nodes 2: the ssh platform runs a job on at most 1 machine" in str(caught.value)
-    for name in ("sagemaker", "vertex", "azureml", "kubernetes", "ray"):
-        assert name in caught.value.hint
-    assert "local" not in caught.value.hint and "ssh" not in caught.value.hint
+    assert "--nodes 2: the ssh platform needs the 2 hosts" in str(caught.value)
+    assert "--set hosts=" in caught.value.hint  # tests/test_ssh_nodes.py runs them
+    with pytest.raises(ConfigurationError) as caught:
+        api.submit(DIGITS, "digits", platform="local", nodes=2, dry_run=True)
+    assert "ssh" in caught.value.hint and "local" not in caught.value.hint
     assert not JobStore().list()
