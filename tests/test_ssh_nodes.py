@@ -7,6 +7,7 @@ digits, one process per node.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -247,3 +248,92 @@ def test_cancel_from_another_process_stops_every_node(long_job, neural_home):
         assert ranks_in(directory) == [], node["host"]
         assert (directory / "cancel_requested").exists()
     assert job.refresh().status is JobStatus.CANCELLED
+
+
+# --- choosing the failed node (no hosts needed) -------------------------------------------------
+class FakeNodes:
+    """The parts of the ssh backend ssh_nodes.look uses: canned probes, no connections."""
+
+    target = ssh.SSHTarget
+
+    def __init__(self, probes: list[list[ssh.Probe]]) -> None:
+        self.looks = probes  # one list of probes per look
+        self.stopped: list[tuple[str, str]] = []
+        self.count = 0
+
+    def _probe(self, target, node):
+        rank = int(node["rank"])
+        self.count += rank == 0  # a new look starts at node 0
+        return self.looks[min(self.count, len(self.looks)) - 1][rank]
+
+    def open_sftp(self, target):
+        return io.BytesIO()  # closed after use, as an SFTP client
+
+    def sync_logs(self, sftp, node, directory, *, final=False):
+        return None
+
+    def stop(self, node, label, marker="cancel_requested"):
+        self.stopped.append((node["host"], marker))
+
+
+def fake_job(tmp_path: Path, logs: dict[int, tuple[str, str]]) -> ssh.base.RemoteJob:
+    nodes = [
+        {"host": f"u@h{r}:22", "hostname": f"h{r}", "rank": r, "remote_dir": f"/j{r}", "pid": 1}
+        for r in range(2)
+    ]
+    job = ssh.base.RemoteJob("j", tmp_path / "job", "id", {**nodes[0], "nodes": nodes})
+    for rank, (stdout, stderr) in logs.items():
+        directory = job.files.root if rank == 0 else job.files.node_logs(rank)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "stdout.log").write_text(stdout)
+        (directory / "stderr.log").write_text(stderr)
+    return job
+
+
+RUNNING = ssh.Probe(True, True)
+DONE = ssh.Probe(True, False, 0)
+FAILED = ssh.Probe(True, False, 1)
+KILLED = ssh.Probe(True, False, None)  # no exit code: the wrapper was killed
+
+
+def test_the_node_that_failed_first_is_named_not_the_one_that_lost_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(ssh_nodes, "SETTLE_STEP", 0.01)
+    lost = '{"event": "error", "type": "RuntimeError", "message": "Connection closed by peer"}\n'
+    report = (
+        "Root Cause (first observed failure):\n[0]:\n  host      : h1\n"
+        "  rank      : 1 (local_rank: 0)\n  exitcode  : -9 (pid: 5)\n"
+        "  traceback : Signal 9 (SIGKILL) received by PID 5\n=====\n"
+    )
+    job = fake_job(tmp_path, {0: (lost, "rank 0 lost its peer\n"), 1: ("", report)})
+    # node 0 fails first with a knock-on error; node 1, which caused it, ends a look later
+    backend = FakeNodes([[FAILED, RUNNING], [FAILED, FAILED]])
+    status = ssh_nodes.look(backend, job).status()
+    assert status.state == "FAILED" and status.failed_node == "u@h1:22"
+    assert status.message.startswith(
+        "node 1 (u@h1:22) failed: rank 1 (local rank 0 on h1) failed: Signal 9 (SIGKILL)"
+    ), status.message
+    assert "the end of node 1's stderr:" in status.message
+    # a node that fails on its own fails the job at once, and the others are stopped
+    job = fake_job(tmp_path / "2", {1: ("", "Traceback ...\nValueError: bad shard\n")})
+    backend = FakeNodes([[RUNNING, FAILED]])
+    probe = ssh_nodes.look(backend, job)
+    assert probe.status().failed_node == "u@h1:22" and not probe.alive
+    assert "ValueError: bad shard" in probe.status().message
+    assert backend.stopped == [("u@h0:22", "peer_failed")]
+    job = fake_job(tmp_path / "3", {})
+    assert (
+        ssh_nodes.look(FakeNodes([[RUNNING, KILLED]]), job)
+        .status()
+        .message.startswith("node 1 (u@h1:22) failed: the remote process ended without reporting")
+    )
+
+
+def test_the_job_runs_while_any_node_runs_and_a_cancel_wins(tmp_path):
+    job = fake_job(tmp_path, {})
+    assert ssh_nodes.look(FakeNodes([[DONE, RUNNING]]), job).status().state == "RUNNING"
+    assert ssh_nodes.look(FakeNodes([[DONE, DONE]]), job).status().state == "SUCCEEDED"
+    cancelled = ssh.Probe(True, False, 143, frozenset({"cancel_requested"}))
+    # node 1 failed as node 0 was cancelled under it: the job was cancelled, not failed
+    backend = FakeNodes([[cancelled, FAILED]])
+    assert ssh_nodes.look(backend, job).status().state == "CANCELLED"
+    assert backend.stopped == []
