@@ -231,9 +231,10 @@ def test_a_proxy_command_from_ssh_config_is_used(server, client_key, known_hosts
 def test_unknown_options_are_errors_with_a_suggestion():
     backend = registry.get_backend("ssh")
     job = RemoteJob("x", Path("/nonexistent"), None, {"idempotency_key": "k"})
-    with pytest.raises(ConfigurationError, match="hots") as caught:
-        backend.plan(job, ResourceSpec(extra={"host": "a@b", "hots": "c"}))
-    assert "did you mean 'host'" in str(caught.value)
+    # ("hots" would be as near to "hosts" as to "host")
+    with pytest.raises(ConfigurationError, match="pyhton") as caught:
+        backend.plan(job, ResourceSpec(extra={"host": "a@b", "pyhton": "c"}))
+    assert "did you mean 'python'" in str(caught.value)
     with pytest.raises(ConfigurationError, match="needs a host"):
         backend.plan(job, ResourceSpec(extra={}))
 
