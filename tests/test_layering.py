@@ -45,7 +45,8 @@ SHARED_BACKEND_MODULES = frozenset(
 )
 BACKEND_FAMILIES = {
     "sagemaker": {"sagemaker_images"},
-    "ssh": {"ssh_instances", "ssh_providers"},
+    "ssh": {"ssh_instances", "ssh_providers", "ssh_nodes"},
+    "ssh_nodes": {"ssh_providers"},
     "ssh_instances": {"ssh_providers"},
 }
 

@@ -127,6 +127,9 @@ class RemoteStatus:
     exit_code: int | None = None
     message: str | None = None  # e.g. the platform's secondary status or failure reason
     timed_out: bool = False
+    # a job on several machines: the node whose failure failed the job (its host), and
+    # ``message`` says what it reported (it, not node 0's stream, is the job's error)
+    failed_node: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -148,6 +151,7 @@ class RemoteStatus:
             record.get("exit_code"),
             record.get("message"),
             bool(record.get("timed_out")),
+            record.get("failed_node"),
         )
 
 

@@ -23,8 +23,10 @@ it stopped and ``Job.logs()`` works as for local jobs.
 ``--procs-per-node P`` above 1 runs the launcher with ``--nnodes 1 --nproc-per-node P``:
 torchrun starts ``P`` processes on the host (a rendezvous of its own), rank 0 writes the
 events and the outputs; cancel stops torchrun's process group, and torchrun stops its ranks
-(each also ends with its parent). Several hosts in one job (``--nodes`` above 1) are not
-launched: they are refused before anything starts.
+(each also ends with its parent). Several hosts (``--nodes N`` with ``--set
+hosts=host-a,host-b``, one host per node) are one torchrun rendezvous at the first host:
+``ssh_nodes`` starts a job directory per host and reads them as one job (node 0's events
+and outputs, every node's status; a failed node fails the job and stops the others).
 
 Host keys are checked against known_hosts (OpenSSH's files) by default; an unknown host is
 an error that says how to trust it. A password is never stored or shown: it is kept in this
@@ -45,12 +47,12 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from neural_jupyter.backends import base, ssh_instances
+from neural_jupyter.backends import base, ssh_instances, ssh_nodes
 from neural_jupyter.backends.base import State
 from neural_jupyter.backends.log_mirror import LogMirror
 from neural_jupyter.backends.retry import ATTEMPTS, call_with_retries
@@ -77,6 +79,9 @@ DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
 SYSTEM_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts",)
 KILL_AFTER_SECONDS = 30
+# files the wrapper, a cancel or a failed peer node leave in the job directory
+MARKERS = ("cancel_requested", "timed_out", "setup_failed", "peer_failed")
+_MARKER_WORDS = " ".join(MARKERS)
 CANCEL_GRACE_SECONDS = 5.0
 CONNECT_TIMEOUT = 15.0
 COMMAND_TIMEOUT = 120.0
@@ -99,6 +104,9 @@ EXTRA_KEYS = frozenset(
         "connect_timeout",
         "cancel_grace",
         "reconnect_timeout",
+        "hosts",  # several hosts, one node each (ssh_nodes)
+        "master_addr",
+        "master_port",
     }
 )
 # messages of paramiko.SSHException that mean "the connection broke", worth another try
@@ -262,6 +270,9 @@ def _ssh_config_entry(host: str, path: str | None) -> dict[str, Any]:
 def target_from_extra(extra: Mapping[str, Any]) -> SSHTarget:
     """The destination described by ``resources.extra`` (registers a password as a secret)."""
     host = extra.get("host")
+    hosts = ssh_nodes.host_list(extra)
+    if not host and len(hosts) == 1:  # --set hosts= with one host: that host
+        host = hosts[0]
     if not host:
         raise ConfigurationError(
             "the ssh backend needs a host",
@@ -487,10 +498,19 @@ def python_command(python: str) -> str:
     return " ".join(shell_path(word) for word in words)
 
 
-def train_command(python: str, max_seconds: float | None, procs_per_node: int = 1) -> str:
+def train_command(
+    python: str,
+    max_seconds: float | None,
+    procs_per_node: int = 1,
+    torchrun: Sequence[str] = (),
+) -> str:
+    """The launcher's command line; ``torchrun``: its options for one node of several
+    (``ssh_nodes.node_arguments``), else torchrun on this host alone above one process."""
     # packages a user-code job needs go into its own folder: the host's Python stays as it was
     command = f"{python_command(python)} -u {LAUNCHER} --packages job"
-    if procs_per_node > 1:  # torchrun on this host alone
+    if torchrun:
+        command += " " + " ".join(shlex.quote(str(word)) for word in torchrun)
+    elif procs_per_node > 1:  # torchrun on this host alone
         command += f" --nnodes 1 --nproc-per-node {int(procs_per_node)}"
     if max_seconds:
         limit = f"timeout --signal=TERM --kill-after={KILL_AFTER_SECONDS} {max_seconds:g}"
@@ -504,6 +524,7 @@ def runner_script(
     setup: str | None,
     max_seconds: float | None,
     procs_per_node: int = 1,
+    torchrun: Sequence[str] = (),
 ) -> str:
     """``run.sh``: setup, training under its time budget, the exit code written at the end.
 
@@ -512,8 +533,8 @@ def runner_script(
     (train.py saves and exits); the trap lets the wrapper outlive it long enough to record
     the exit code.
     """
-    limited = train_command(python, max_seconds, procs_per_node)
-    plain = train_command(python, None, procs_per_node)
+    limited = train_command(python, max_seconds, procs_per_node, torchrun)
+    plain = train_command(python, None, procs_per_node, torchrun)
     setup_block = ""
     if setup:
         setup_block = (
@@ -582,21 +603,24 @@ elif kill -0 {pid} 2>/dev/null; then echo "ps $(ps -o stat= -p {pid})"; fi
 n=$(ps -eo sid=,stat= 2>/dev/null | awk '$1=={sid} && $2 !~ /^Z/' | wc -l)
 echo "members $n"
 [ -f exit_code ] && echo "exit $(cat exit_code)"
-for m in cancel_requested timed_out setup_failed; do [ -f "$m" ] && echo "$m"; done
+for m in {_MARKER_WORDS}; do [ -f "$m" ] && echo "$m"; done
 [ -f output/status.json ] && echo "status $(cat output/status.json)"
 true
 """
 
 
-def cancel_script(job_dir: str, pgid: int, sid: int, grace: float) -> str:
-    """TERM every process group of the job's session, KILL what is left after ``grace``."""
+def cancel_script(
+    job_dir: str, pgid: int, sid: int, grace: float, marker: str = "cancel_requested"
+) -> str:
+    """TERM every process group of the job's session, KILL what is left after ``grace``
+    (``marker`` says why: the user's cancel, or ``peer_failed``: another node failed)."""
     steps = max(1, int(grace * 10))
     return f"""cd {shlex.quote(job_dir)} 2>/dev/null || {{ echo nodir; exit 0; }}
 members() {{ ps -eo pid=,pgid=,sid=,stat= 2>/dev/null |
   awk '($3=={sid} || $2=={pgid}) && $4 !~ /^Z/ {{print $2}}'; }}
 groups() {{ members | sort -u; }}
 if [ -z "$(members)" ] && ! kill -0 -{pgid} 2>/dev/null; then echo notrunning; exit 0; fi
-: > cancel_requested
+: > {shlex.quote(marker)}
 for g in {pgid} $(groups); do kill -TERM -"$g" 2>/dev/null; done
 i=0
 while [ -n "$(members)" ] && [ "$i" -lt {steps} ]; do sleep 0.1; i=$((i+1)); done
@@ -629,6 +653,8 @@ class Probe:
             )
         if "cancel_requested" in self.markers:
             return base.RemoteStatus(State.CANCELLED, code, "cancelled")
+        if "peer_failed" in self.markers:
+            return base.RemoteStatus(State.CANCELLED, code, "stopped: another node failed")
         if "setup_failed" in self.markers:
             return base.RemoteStatus(
                 State.FAILED,
@@ -671,7 +697,7 @@ def parse_probe(output: str, start_time: str | None) -> Probe:
         elif word == "status":
             with contextlib.suppress(ValueError, TypeError, KeyError):
                 status_code = int(json.loads(rest)["exit_code"])
-        elif word in ("cancel_requested", "timed_out", "setup_failed"):
+        elif word in MARKERS:
             markers.add(word)
     if code is not None:  # the wrapper has finished: its record is the truth
         alive = False
@@ -694,7 +720,7 @@ class SSHBackend(base.Backend):
     label = "A machine over SSH"
     extra = "ssh"
     sdk_modules: ClassVar[Mapping[str, str]] = {"paramiko": "paramiko"}
-    max_nodes = 1  # procs_per_node processes under torchrun on the one host
+    max_nodes = 100  # one host per node (--set hosts=...), procs_per_node processes on each
 
     poll_seconds = 0.5
     reconnect_max_wait = 5.0
@@ -708,6 +734,11 @@ class SSHBackend(base.Backend):
         return bool(resources.extra.get("provider"))  # a rented instance bills by the hour
 
     target = SSHTarget  # how ssh_instances names a machine it launched
+    # what ssh_nodes uses to start one node on each host
+    target_from_extra = staticmethod(target_from_extra)
+    train_command = staticmethod(train_command)
+    default_workdir = DEFAULT_WORKDIR
+    default_python = DEFAULT_PYTHON
 
     def run(self, target: SSHTarget, script: str) -> tuple[int, str, str]:
         """Run ``script`` on ``target``: (exit code, stdout, stderr)."""
@@ -721,36 +752,76 @@ class SSHBackend(base.Backend):
         _paramiko()
         extra = check_extra(resources.extra)
         if extra.get("provider"):
+            ssh_nodes.check_hosts(resources)  # a rented instance is one machine
             return ssh_instances.submit_on_instance(self, bundle, job, resources)
+        if ssh_nodes.wants_nodes(resources):
+            return ssh_nodes.submit(self, bundle, job, resources)
         return self.submit_to(target_from_extra(extra), bundle, job, resources)
+
+    def check_layout(self, resources: base.ResourceSpec, framework: str | None = None) -> None:
+        super().check_layout(resources, framework)
+        ssh_nodes.check_hosts(resources)
 
     def submit_to(
         self, target: SSHTarget, bundle: Bundle, job: base.RemoteJob, resources: base.ResourceSpec
     ) -> base.Submission:
         """Upload and start ``bundle`` on ``target``; idempotent per ``job.idempotency_key``."""
+        job_dir = self.stage(target, bundle, resources, remote_name(job.idempotency_key))
+        record = self.start(target, job_dir)
+        details = self.node_details(target, job_dir, record, resources.extra)
+        return base.Submission(f"{target.address}:{job_dir}", details)
+
+    def stage(
+        self,
+        target: SSHTarget,
+        bundle: Bundle,
+        resources: base.ResourceSpec,
+        name: str,
+        torchrun: Sequence[str] = (),
+    ) -> str:
+        """The job directory ``name`` on ``target`` with the bundle and ``run.sh`` in it
+        (unless a run was started there before); its absolute path."""
         extra = resources.extra
         python = str(extra.get("python") or DEFAULT_PYTHON)
         setup = extra.get("setup") or None
         workdir = str(extra.get("workdir") or DEFAULT_WORKDIR)
-        name = remote_name(job.idempotency_key)
 
-        def attempt() -> tuple[str, dict[str, Any]]:
+        def attempt() -> str:
             with self._translated(target):
                 client = self._pool.get(target)
                 job_dir, launched = self._prepare(client, workdir, name)
                 if not launched:
                     script = runner_script(
-                        job_dir, python, setup, resources.max_seconds, resources.procs_per_node
+                        job_dir,
+                        python,
+                        setup,
+                        resources.max_seconds,
+                        resources.procs_per_node,
+                        torchrun,
                     )
                     self._upload(client, bundle.path, job_dir, script)
-                record = self._launch(client, job_dir)
-            return job_dir, record
+            return job_dir
 
-        job_dir, record = call_with_retries(attempt, is_transient)
+        return call_with_retries(attempt, is_transient)
+
+    def start(self, target: SSHTarget, job_dir: str) -> dict[str, Any]:
+        """Start the staged ``job_dir`` on ``target`` (at most once); its process record."""
+
+        def attempt() -> dict[str, Any]:
+            with self._translated(target):
+                return self._launch(self._pool.get(target), job_dir)
+
+        return call_with_retries(attempt, is_transient)
+
+    @staticmethod
+    def node_details(
+        target: SSHTarget, job_dir: str, record: Mapping[str, Any], extra: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """What the job store keeps to find a started run again (never a password)."""
         details = {
             **target.public(),
             "remote_dir": job_dir,
-            "python": redact(python),
+            "python": redact(str(extra.get("python") or DEFAULT_PYTHON)),
             "pid": int(record["pid"]),
             "pgid": int(record.get("pgid") or record["pid"]),
             "sid": int(record.get("sid") or record["pid"]),
@@ -760,7 +831,7 @@ class SSHBackend(base.Backend):
         for key in ("cancel_grace", "reconnect_timeout"):
             if extra.get(key) is not None:
                 details[key] = float(extra[key])
-        return base.Submission(f"{target.address}:{job_dir}", details)
+        return details
 
     def _prepare(self, client: Any, workdir: str, name: str) -> tuple[str, bool]:
         """Create the job directory; its absolute path and whether a run was started there."""
@@ -827,12 +898,17 @@ class SSHBackend(base.Backend):
                 State.UNKNOWN, message="no remote process was recorded for this job"
             )
         try:
-            target = SSHTarget.from_details(job.details)
-            return self._probe(target, job.details, attempts=1).status()
+            return self.look(job).status()
         except (PlatformError, JobError) as exc:
             return base.RemoteStatus(
                 State.UNKNOWN, message=f"no contact with the host: {exc.message}"
             )
+
+    def look(self, job: base.RemoteJob) -> Probe | ssh_nodes.NodesProbe:
+        """One look at the job: its one host, or every node of a job on several."""
+        if ssh_nodes.is_multi(job.details):
+            return ssh_nodes.look(self, job)
+        return self._probe(SSHTarget.from_details(job.details), job.details)
 
     def _probe(self, target: SSHTarget, details: Mapping[str, Any], attempts: int = 1) -> Probe:
         pid = int(details["pid"])
@@ -857,7 +933,7 @@ class SSHBackend(base.Backend):
         sftp = None
         while True:
             try:
-                probe = self._probe(target, details)
+                probe = self.look(job)
                 sftp = sftp if _sftp_alive(sftp) else self._open_sftp(target)
                 self._sync_logs(sftp, job)
             except TransientConnectionError as exc:
@@ -904,6 +980,9 @@ class SSHBackend(base.Backend):
                 return
             yield from base.heartbeats(self.poll_seconds, 0.5)
 
+    def open_sftp(self, target: SSHTarget) -> Any:
+        return self._open_sftp(target)
+
     def _open_sftp(self, target: SSHTarget) -> Any:
         with self._translated(target):
             return self._pool.get(target, attempts=1).open_sftp()
@@ -911,9 +990,15 @@ class SSHBackend(base.Backend):
     def _sync_logs(self, sftp: Any, job: base.RemoteJob, *, final: bool = False) -> None:
         """Append the whole lines the remote logs gained to the local mirror, redacted (with
         ``final``, a last line without its newline too)."""
-        remote_dir = str(job.details["remote_dir"])
-        mirror = LogMirror(job.directory)
-        with mirror.exclusive(), self._translated(SSHTarget.from_details(job.details)):
+        self.sync_logs(sftp, job.details, job.directory, final=final)
+
+    def sync_logs(
+        self, sftp: Any, details: Mapping[str, Any], directory: Path, *, final: bool = False
+    ) -> None:
+        """``_sync_logs`` for the run ``details`` describes, mirrored into ``directory``."""
+        remote_dir = str(details["remote_dir"])
+        mirror = LogMirror(directory)
+        with mirror.exclusive(), self._translated(SSHTarget.from_details(details)):
             for file, stream in LOGS:
                 offset = mirror.source_offset(stream)
                 try:
@@ -950,6 +1035,28 @@ class SSHBackend(base.Backend):
             raise JobError(f"job {job.id} has no remote process to cancel", job_id=job.id)
         if ssh_instances.final_status(job) is not None:
             return
+        if ssh_nodes.is_multi(details):
+            ssh_nodes.cancel(self, job)
+            return
+        try:
+            self.stop(details, f"job {job.id}")
+        except PlatformError:
+            if ssh_instances.is_instance_job(job):  # the instance goes anyway
+                ssh_instances.job_ended(
+                    self, job, base.RemoteStatus(State.CANCELLED, None, "cancelled")
+                )
+                return
+            raise
+        if ssh_instances.is_instance_job(job):
+            ssh_instances.job_ended(
+                self, job, base.RemoteStatus(State.CANCELLED, None, "cancelled")
+            )
+
+    def stop(
+        self, details: Mapping[str, Any], label: str, marker: str = "cancel_requested"
+    ) -> None:
+        """Stop the run ``details`` describes: every process group of its session (TERM,
+        then KILL after the grace time); ``marker`` records why."""
         target = SSHTarget.from_details(details)
         pid = int(details["pid"])
         grace = float(details.get("cancel_grace") or CANCEL_GRACE_SECONDS)
@@ -958,28 +1065,17 @@ class SSHBackend(base.Backend):
             int(details.get("pgid") or pid),
             int(details.get("sid") or pid),
             grace,
+            marker,
         )
-        try:
-            with self._translated(target):
-                client = self._pool.get(target)
-                _, out, err = run_command(client, script, timeout=grace + COMMAND_TIMEOUT)
-        except PlatformError:
-            if ssh_instances.is_instance_job(job):  # the instance goes anyway
-                ssh_instances.job_ended(
-                    self, job, base.RemoteStatus(State.CANCELLED, None, "cancelled")
-                )
-                return
-            raise
+        with self._translated(target):
+            client = self._pool.get(target)
+            _, out, err = run_command(client, script, timeout=grace + COMMAND_TIMEOUT)
         match = re.search(r"left (\d+)", out)
         if match and int(match.group(1)) > 0:
             raise PlatformError(
-                f"{match.group(1)} process(es) of job {job.id} survived SIGKILL on the host",
+                f"{match.group(1)} process(es) of {label} survived SIGKILL on the host",
                 platform=PLATFORM,
                 response=err.strip()[-300:] or None,
-            )
-        if ssh_instances.is_instance_job(job):
-            ssh_instances.job_ended(
-                self, job, base.RemoteStatus(State.CANCELLED, None, "cancelled")
             )
 
     # --- artifacts --------------------------------------------------------------------------
@@ -1051,6 +1147,9 @@ class SSHBackend(base.Backend):
         }
         if extra.get("provider"):
             plan.update(ssh_instances.plan(resources))
+            return plan
+        if ssh_nodes.wants_nodes(resources):
+            plan.update(ssh_nodes.plan(self, job, resources))
             return plan
         target = target_from_extra(extra)
         plan["host"] = target.address

@@ -13,6 +13,7 @@ from neural_jupyter.redaction import redact
 from neural_jupyter.runtime.events import Event, LogLine
 
 STORE_INTERVAL = 1.0  # seconds between metric writes while epochs stream in
+FAILED_NODE_CHARS = 2000  # a failed node's error: what failed, and its stderr's last lines
 
 
 @dataclass
@@ -119,6 +120,8 @@ class Tracker:
     def error_summary(self, status: RemoteStatus) -> str | None:
         from neural_jupyter.runtime.torchrun import first_failure
 
+        if status.failed_node and status.message:  # another machine's error: node 0's
+            return redact(status.message)[:FAILED_NODE_CHARS]  # stream only saw it go
         err = self.progress.error
         failed = first_failure(self.stderr_tail)
         # under torchrun: the first rank that failed, in its own words where it reported

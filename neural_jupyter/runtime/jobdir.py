@@ -12,6 +12,8 @@ change in one place:
     <job>/stderr.log            plain log lines
     <job>/remote.log            a remote log, every line with its stream (the log mirror)
     <job>/outputs_fetched.json  outputs were brought back (once) and which
+    <job>/logs/node-R/          node R's stdout.log/stderr.log, for a job on several
+                                machines whose node 0 writes the job's own logs (ssh)
     ...                         markers and records of the platform that ran it
 """
 
@@ -146,6 +148,10 @@ class JobDir:
     @property
     def known_hosts(self) -> Path:
         return self.root / "known_hosts"
+
+    def node_logs(self, rank: int) -> Path:
+        """Where node ``rank``'s logs are mirrored (a job on several machines)."""
+        return self.root / "logs" / f"node-{int(rank)}"
 
     def scratch(self, name: str) -> Path:
         """A temporary file of a submit (an archive being uploaded...)."""
