@@ -70,13 +70,18 @@ class LayerRow:
             button = w.Button(icon=icon, tooltip=label, layout=w.Layout(width="34px"))
             button.on_click(lambda _b, action=actions[label]: action(self))
             buttons.append(button)
+        # Three columns, so a layer with many parameters wraps them inside the middle one and
+        # its kind and buttons stay where every other row has them.
         self.widget = w.HBox(
             [
                 w.HTML(f"<b>{html.escape(kind)}</b>", layout=w.Layout(width="150px")),
-                *self.controls.values(),
-                *buttons,
+                w.HBox(
+                    list(self.controls.values()),
+                    layout=w.Layout(flex="1 1 auto", flex_flow="row wrap", align_items="center"),
+                ),
+                w.HBox(buttons, layout=w.Layout(flex="0 0 auto", align_items="flex-start")),
             ],
-            layout=w.Layout(flex_flow="row wrap", align_items="center"),
+            layout=w.Layout(align_items="flex-start", width="100%"),
         )
 
     @staticmethod
