@@ -151,6 +151,27 @@ def test_submit_panel_starts_on_this_machine_and_preselects_instances():
     assert "no instance types listed" in panel.cost.value
 
 
+def test_submit_panel_gpus_follow_the_chosen_instance():
+    from neural_jupyter.pricing import instance_types
+    from neural_jupyter.ui.submit_panel import SubmitPanel
+
+    panel = SubmitPanel("Small", lambda **kw: None, lambda job: None)
+    panel.platform.value = "sagemaker"
+    offers = {o.instance_type: o for o in instance_types("sagemaker")}
+    cpu = next(name for name, o in offers.items() if not o.gpus)
+    gpu = next(name for name, o in offers.items() if o.gpus)
+    labels = dict((value, label) for label, value in panel.instance.options)
+    assert f"{cpu} — CPU — $" in labels[cpu] and "0×" not in labels[cpu]
+    assert f"{offers[gpu].gpus}×{offers[gpu].gpu_type}" in labels[gpu]
+    panel.instance.value = cpu
+    assert panel.gpus.value == 0
+    panel.instance.value = gpu
+    assert panel.gpus.value == offers[gpu].gpus
+    panel.gpus.value = 0  # the user may still ask for fewer
+    panel.max_hours.value = 2
+    assert panel.gpus.value == 0 and panel.arguments()["gpus"] == 0
+
+
 def test_submit_panel_labels_have_room():
     from neural_jupyter.ui.submit_panel import SubmitPanel
 

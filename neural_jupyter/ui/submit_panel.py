@@ -43,14 +43,21 @@ def platform_choices(include_local: bool = False) -> list[PlatformChoice]:
     return ([PlatformChoice("local", True, None)] if include_local else []) + ordered
 
 
+def accelerators(offer: Any) -> str:
+    """``1×A10G`` for a GPU instance, ``CPU`` for one without (not ``0×CPU``)."""
+    return f"{offer.gpus}×{offer.gpu_type}" if offer.gpus else "CPU"
+
+
 def text_panel(model_name: str) -> str:
     """What the panel offers, as text (terminals, nbconvert)."""
     lines = [f"Submit {model_name}: choose a platform with --platform NAME", ""]
     for choice in platform_choices():
         lines.append(f"  {choice.label}")
         for offer in instance_types(choice.name)[:6]:
-            gpu = f"{offer.gpus}×{offer.gpu_type}" if offer.gpus else "CPU"
-            lines.append(f"      {offer.instance_type:<32} {gpu:<9} ${offer.hourly_usd:.3f}/h")
+            lines.append(
+                f"      {offer.instance_type:<32} {accelerators(offer):<9} "
+                f"${offer.hourly_usd:.3f}/h"
+            )
     lines += [
         "",
         f"e.g. %neural_submit {model_name} --platform sagemaker --instance "
@@ -96,6 +103,7 @@ class SubmitPanel:
             **label(),
         )
         self.gpus = w.BoundedIntText(value=1, min=0, max=16, description="GPUs", **label())
+        self._instance_shown: str | None = None
         self.max_hours = w.BoundedFloatText(
             value=1.0,
             min=0.05,
@@ -148,8 +156,7 @@ class SubmitPanel:
         offers = instance_types(platform) if platform else []
         options = [
             (
-                f"{o.instance_type} — {o.gpus}×{o.gpu_type or 'CPU'} — "
-                f"${o.price(self.spot.value):.3f}/h",
+                f"{o.instance_type} — {accelerators(o)} — ${o.price(self.spot.value):.3f}/h",
                 o.instance_type,
             )
             for o in offers
@@ -160,6 +167,11 @@ class SubmitPanel:
             self.instance.options = options
             # ipywidgets leaves a new option list unselected: pick the first (cheapest)
             self.instance.value = current if current in values else (values[0] if values else None)
+        chosen = next((o for o in offers if o.instance_type == self.instance.value), None)
+        if chosen is not None and self.instance.value != self._instance_shown:
+            # A listed instance has a fixed number of GPUs: show that, 0 for a CPU one.
+            self._instance_shown = self.instance.value
+            self.gpus.value = chosen.gpus
         self.instance.layout.display = "" if options else "none"
         self.host.layout.display = "" if platform == "ssh" else "none"
         remote = platform not in (None, "local")
