@@ -152,14 +152,6 @@ def pack_bundle(bundle: Bundle) -> bytes:
     return bundle.archive(exclude=(LAUNCHER,))
 
 
-def _number(extra: Mapping[str, Any], name: str, default: float) -> float:
-    value = extra.get(name, default)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"--set {name} must be a number, got {value!r}") from None
-
-
 def _node_selector(text: Any) -> dict[str, str]:
     if not text:
         return {}
@@ -262,7 +254,9 @@ class KubernetesBackend(RemotePlatform):
         project = extra.get("runai_project")
         if project:
             labels.update({"project": str(project), "runai/queue": str(project)})
-        budget = int(_number(extra, "log_artifacts_max_mb", DEFAULT_LOG_ARTIFACTS_MB) * 2**20)
+        budget = int(
+            base.number_option(extra, "log_artifacts_max_mb", DEFAULT_LOG_ARTIFACTS_MB) * 2**20
+        )
         source = str(extra.get("bundle_url") or f"{BUNDLE_MOUNT}/bundle.tar.gz")
         command = ["python", "-u", f"{BUNDLE_MOUNT}/{LAUNCHER}", "--bundle", source]
         command += ["--work", WORKDIR, "--install-missing", "--print-outputs", str(budget)]
@@ -339,7 +333,9 @@ class KubernetesBackend(RemotePlatform):
             pod["imagePullSecrets"] = [{"name": str(extra["image_pull_secret"])}]
         spec: dict[str, Any] = {
             "backoffLimit": 0,  # one failed pod (one node's ranks) fails the whole Job
-            "ttlSecondsAfterFinished": int(_number(extra, "ttl_seconds", DEFAULT_TTL_SECONDS)),
+            "ttlSecondsAfterFinished": int(
+                base.number_option(extra, "ttl_seconds", DEFAULT_TTL_SECONDS)
+            ),
             "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
         }
         if resources.nodes > 1:  # pods NAME-0 … NAME-(N-1), each one node, all at once

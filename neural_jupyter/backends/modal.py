@@ -136,14 +136,6 @@ def sandbox_name_for(key: str) -> str:
     return base.name_for(key, 64, allowed="A-Za-z0-9_.-", lower=False)
 
 
-def _number(extra: Mapping[str, Any], name: str, default: float) -> float:
-    value = extra.get(name, default)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"--set {name} must be a number, got {value!r}") from None
-
-
 def gpu_spec(resources: base.ResourceSpec) -> str | None:
     """Modal's ``gpu=`` value: ``TYPE`` or ``TYPE:COUNT`` (None: no GPU; ``--instance
     cpu-core``, the price table's CPU row the submit panel offers, is no GPU too)."""
@@ -166,9 +158,9 @@ def cpu_and_memory(resources: base.ResourceSpec) -> tuple[float | None, float | 
     """The sandbox's CPU cores and memory (GiB): ``--cpus``/``--memory-gb`` where the caller
     has them, else ``--set cpu=`` / ``--set memory_gb=``."""
     extra = resources.extra
-    cpu = resources.cpus or (_number(extra, "cpu", 0.0) if extra.get("cpu") else None)
+    cpu = resources.cpus or (base.number_option(extra, "cpu", 0.0) if extra.get("cpu") else None)
     memory = resources.memory_gb or (
-        _number(extra, "memory_gb", 0.0) if extra.get("memory_gb") else None
+        base.number_option(extra, "memory_gb", 0.0) if extra.get("memory_gb") else None
     )
     for name, value in (("cpu", cpu), ("memory_gb", memory)):
         if value is not None and value <= 0:
@@ -278,7 +270,7 @@ class ModalBackend(RemotePlatform):
         self, resources: base.ResourceSpec, digest: str = "(the archive's SHA-256)"
     ) -> list[str]:
         """The sandbox's command: the launcher, stderr folded into stdout."""
-        budget = _number(resources.extra, "log_artifacts_max_mb", DEFAULT_MAX_MB)
+        budget = base.number_option(resources.extra, "log_artifacts_max_mb", DEFAULT_MAX_MB)
         launcher = ["python", "-u", f"{MOUNT}/{LAUNCHER}", "--bundle", f"{MOUNT}/{ARCHIVE}"]
         launcher += ["--sha256", digest, "--work", WORKDIR, "--install-missing"]
         launcher += ["--print-outputs", str(int(budget * 2**20))]
@@ -347,7 +339,7 @@ class ModalBackend(RemotePlatform):
         cores = cpu_and_memory(resources)[0] or 1
         label = gpu or f"{cores:g} CPU core(s)"
         if resources.extra.get("hourly_usd") is not None:
-            hourly = _number(resources.extra, "hourly_usd", 0.0)
+            hourly = base.number_option(resources.extra, "hourly_usd", 0.0)
             return base.CostEstimate(self.name, label, hourly, hours, source="--set hourly_usd")
         cpu = lookup(self.name, CPU_OFFER)
         if cpu is None:

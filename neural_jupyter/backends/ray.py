@@ -144,14 +144,6 @@ def submission_id_for(key: str) -> str:
     return base.name_for(key, 96, allowed="A-Za-z0-9_.-", lower=False)
 
 
-def _number(extra: Mapping[str, Any], name: str, default: float) -> float:
-    value = extra.get(name, default)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"--set {name} must be a number, got {value!r}") from None
-
-
 def job_headers() -> dict[str, str] | None:
     """``RAY_JOB_HEADERS`` (JSON), as Ray's CLI reads it; its values count as secrets."""
     text = os.environ.get("RAY_JOB_HEADERS")
@@ -238,7 +230,7 @@ class RayBackend(RemotePlatform):
                 f"{extra['outputs_dir']}/{submission_id_for(job.idempotency_key)}",
             ]
         else:
-            budget = _number(extra, "log_artifacts_max_mb", DEFAULT_MAX_MB)
+            budget = base.number_option(extra, "log_artifacts_max_mb", DEFAULT_MAX_MB)
             launcher += ["--print-outputs", str(int(budget * 2**20))]
         if resources.max_seconds:
             launcher.append("--budget-margin")
@@ -252,7 +244,7 @@ class RayBackend(RemotePlatform):
             if extra.get("placement_strategy"):
                 driver += ["--strategy", str(extra["placement_strategy"]).upper()]
             if extra.get("ready_timeout"):
-                driver += ["--ready-timeout", str(_number(extra, "ready_timeout", 600))]
+                driver += ["--ready-timeout", str(base.number_option(extra, "ready_timeout", 600))]
             command = [python, "-u", *driver, "--", *launcher]
         else:
             command = [python, "-u", LAUNCHER, *launcher]
