@@ -86,8 +86,6 @@ STATES = StateTable(
         "terminated": (State.CANCELLED, "terminated (cancelled)"),
     }
 )
-# bundles whose train.py trains under torchrun (besides those whose job.json says so)
-TORCHRUN_KINDS = ("script",)
 
 
 def read_modal(exc: BaseException) -> retry.Failure:
@@ -386,7 +384,7 @@ class ModalBackend(RemotePlatform):
     def _check_bundle(bundle: Bundle, resources: base.ResourceSpec) -> None:
         if resources.world_size == 1:
             return
-        if bundle.kind in TORCHRUN_KINDS or bundle.job.get("torchrun") is True:
+        if bundle.trains_under_torchrun:
             return
         raise ConfigurationError(
             f"--procs-per-node {resources.procs_per_node}: this {bundle.kind} bundle's "

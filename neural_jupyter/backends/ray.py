@@ -96,8 +96,6 @@ STATES = StateTable(
         "STOPPED": (State.CANCELLED, "stopped (cancelled)"),
     }
 )
-# launchers that started torchrun may be used for bundles of these kinds
-TORCHRUN_KINDS = ("script",)
 
 
 def read_ray(exc: BaseException) -> retry.Failure:
@@ -328,7 +326,7 @@ class RayBackend(RemotePlatform):
     def _check_layout(bundle: Bundle, resources: base.ResourceSpec) -> None:
         if resources.world_size == 1:
             return
-        if bundle.kind in TORCHRUN_KINDS or bundle.job.get("torchrun") is True:
+        if bundle.trains_under_torchrun:
             return
         raise ConfigurationError(
             f"--nodes {resources.nodes} × --procs-per-node {resources.procs_per_node}: this "
