@@ -826,5 +826,5 @@ class _PodLog(CountedLog):
         if not look.status.is_terminal:
             return
         if self.position == 0:  # the pod and its log are gone: what this machine kept of it
-            yield from self.replay_mirror()
+            yield from self.mirror.events()
         yield from self.hand_over_artifacts()

@@ -42,7 +42,6 @@ import asyncio
 import concurrent.futures
 import hashlib
 import math
-import queue
 import tempfile
 import threading
 import time
@@ -58,7 +57,6 @@ from neural_jupyter.backends.log_artifacts import (
     is_artifact_line,
 )
 from neural_jupyter.backends.remote import (
-    TAIL_DONE,
     AsyncTail,
     CountedLog,
     LogReader,
@@ -525,10 +523,8 @@ class ModalBackend(RemotePlatform):
 
     def _read_all(self, sandbox: Any) -> list[str]:
         tail = _tail(sandbox)
-        found: list[str] = []
         try:
-            while (item := tail.queue.get()) is not TAIL_DONE:
-                found.append(str(item).rstrip("\n"))
+            found = [str(item).rstrip("\n") for item in tail.items()]
         finally:
             tail.stop()
         if tail.error is not None:
@@ -560,16 +556,12 @@ class _SandboxLog(CountedLog):
         tail = self.tail = _tail(sandbox)
         count, quiet_since = 0, time.monotonic()
         try:
-            while True:
-                try:
-                    item = tail.queue.get(timeout=self.backend.heartbeat_seconds)
-                except queue.Empty:
+            for item in tail.items(self.backend.heartbeat_seconds):
+                if item is None:
                     if settle is not None and time.monotonic() - quiet_since > settle:
                         return
                     yield None
                     continue
-                if item is TAIL_DONE:
-                    break
                 quiet_since = time.monotonic()
                 count += 1
                 yield from self._numbered([(count, str(item).rstrip("\n"))])
@@ -588,7 +580,7 @@ class _SandboxLog(CountedLog):
 
     def finish(self, look: Look) -> Iterator[base.StreamItem]:
         if look.gone and not self.read_any:  # Modal forgot the sandbox: what is kept here
-            yield from self.replay_mirror()
+            yield from self.mirror.events()
             return
         if not look.status.is_terminal:
             return

@@ -48,7 +48,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import re
 import shlex
 import shutil
@@ -65,7 +64,6 @@ from neural_jupyter.backends.log_artifacts import (
     decode_artifacts,
 )
 from neural_jupyter.backends.remote import (
-    TAIL_DONE,
     AsyncTail,
     CountedLog,
     LogReader,
@@ -513,14 +511,10 @@ class _JobLog(CountedLog):
         # a dropped websocket or a cancel ends the tail: the caller reads the rest
         tail = self.tail = AsyncTail(lambda: self.client.tail_job_logs(self.sid), "neural-ray-log")
         partial, count = "", 0
-        while True:
-            try:
-                item = tail.queue.get(timeout=self.backend.heartbeat_seconds)
-            except queue.Empty:
+        for item in tail.items(self.backend.heartbeat_seconds):
+            if item is None:
                 yield None
                 continue
-            if item is TAIL_DONE:
-                break
             *lines, partial = (partial + str(item)).split("\n")
             yield from self._numbered(enumerate(lines, start=count + 1))
             count += len(lines)
@@ -528,7 +522,7 @@ class _JobLog(CountedLog):
 
     def finish(self, look: Look) -> Iterator[base.StreamItem]:
         if look.gone and not self.read_any:  # the cluster forgot the job: what is kept here
-            yield from self.replay_mirror()
+            yield from self.mirror.events()
             return
         if not look.status.is_terminal:
             return

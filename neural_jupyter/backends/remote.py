@@ -141,11 +141,6 @@ class CountedLog(LogReader):
             self.mirror.add(line, number)
             yield parse_line(line)
 
-    def replay_mirror(self) -> Iterator[base.StreamItem]:
-        """What this machine kept of the log (the platform's copy is gone)."""
-        for line, stream in self.mirror.lines():
-            yield parse_line(line, stream)
-
     def hand_over_artifacts(self) -> Iterator[base.StreamItem]:
         """The artifact lines to the backend, and a status event naming outputs the launcher
         left out (over its byte budget)."""
@@ -162,14 +157,14 @@ class CountedLog(LogReader):
             self.tail.stop()
 
 
-TAIL_DONE = object()  # what an ``AsyncTail``'s queue holds last
+_TAIL_DONE = object()  # what an ``AsyncTail``'s queue holds last
 
 
 class AsyncTail:
     """An SDK's async log stream (``source()``, an async iterable) read in a thread of its
-    own with its own event loop: items come out of ``queue``, ``TAIL_DONE`` at the end of
-    the stream or when ``stop`` cancels the read; ``error`` is what ended it otherwise (the
-    caller decides whether a dropped read matters), ``ended`` whether it was read to its end."""
+    own with its own event loop; ``items`` hands them out until the stream ends or ``stop``
+    cancels the read. ``error`` is what ended it otherwise (the caller decides whether a
+    dropped read matters), ``ended`` whether it was read to its end."""
 
     def __init__(
         self, source: Callable[[], AsyncIterable[Any]], name: str, join_seconds: float = 0
@@ -203,9 +198,22 @@ class AsyncTail:
             self.error = exc
         finally:
             self._ready.set()
-            self.queue.put(TAIL_DONE)
+            self.queue.put(_TAIL_DONE)
             with contextlib.suppress(Exception):
                 loop.close()
+
+    def items(self, heartbeat: float | None = None) -> Iterator[Any]:
+        """The stream's items as they arrive; with ``heartbeat``, None every that many
+        seconds while none does."""
+        while True:
+            try:
+                item = self.queue.get(timeout=heartbeat)
+            except queue.Empty:
+                yield None
+                continue
+            if item is _TAIL_DONE:
+                return
+            yield item
 
     def stop(self) -> None:
         loop, task = self._loop, self._task
