@@ -1,5 +1,6 @@
 """A tornado application served on 127.0.0.1, on a thread and event loop of its own: what the
-debug dashboard and the local prediction endpoint both run in the kernel."""
+debug dashboard and the local prediction endpoint both run in the kernel; and the keep-alive
+of a server-sent event stream (the dashboard's, and the Jupyter server extension's)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,21 @@ from collections.abc import Callable
 from typing import Any
 
 from neural_jupyter.errors import ConfigurationError, MissingDependencyError
+
+PING_SECONDS = 15.0  # of quiet in an event stream before a ping comment
+
+
+async def quiet_poll(handler: Any, idle: float, poll: float) -> float:
+    """Wait ``poll`` seconds in a server-sent event stream that has nothing to send, after a
+    ``: ping`` comment once ``PING_SECONDS`` passed quietly (proxies close silent streams);
+    returns the quiet time so far, ``idle`` the time before."""
+    idle += poll
+    if idle >= PING_SECONDS:
+        handler.write(": ping\n\n")
+        await handler.flush()
+        idle = 0.0
+    await asyncio.sleep(poll)
+    return idle
 
 
 def require_tornado(what: str) -> None:

@@ -21,13 +21,12 @@ from typing import Any
 from neural_jupyter.errors import ConfigurationError, MissingDependencyError
 from neural_jupyter.redaction import redact_value
 from neural_jupyter.runtime.jobdir import JobDir
-from neural_jupyter.runtime.loopback import LoopbackServer, require_tornado
+from neural_jupyter.runtime.loopback import LoopbackServer, quiet_poll, require_tornado
 from neural_jupyter.runtime.tail import LineTail
 
 JOB_ID = r"nj-[0-9a-f]{4,32}"
 COOKIE = "neural_dashboard_token"
 POLL_SECONDS = 0.2
-PING_SECONDS = 15.0
 
 
 def plotly_js_path() -> Path:
@@ -198,12 +197,7 @@ def _make_app(dashboard: DashboardServer):
                         self.write(f"event: end\ndata: {json.dumps(ended.value)}\n\n")
                         await self.flush()
                         return
-                    idle += POLL_SECONDS
-                    if idle >= PING_SECONDS:
-                        self.write(": ping\n\n")
-                        await self.flush()
-                        idle = 0.0
-                    await asyncio.sleep(POLL_SECONDS)
+                    idle = await quiet_poll(self, idle, POLL_SECONDS)
             except tornado.iostream.StreamClosedError:
                 return
 
