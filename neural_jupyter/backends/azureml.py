@@ -513,8 +513,7 @@ class _StdLog(LogReader):
 
     def finish(self, look: Look) -> Iterator[base.StreamItem]:
         if (look.status.is_terminal or look.gone) and self.tail.count == 0:
-            for line, stream in self.mirror.lines():  # no log left there: what was kept here
-                yield parse_line(line, stream)
+            yield from self.mirror.events()  # no log left there: what was kept here
 
 
 def command_for(resources: base.ResourceSpec) -> str:

@@ -258,6 +258,15 @@ data_parallel_platforms: Callable[[int], list[str]] = _no_platforms
 _ONE_BY_DEFAULT = ("nodes", "procs_per_node")
 
 
+def number_option(extra: Mapping[str, Any], name: str, default: float) -> float:
+    """The platform option ``--set name=`` as a number (``default`` when not given)."""
+    value = extra.get(name, default)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"--set {name} must be a number, got {value!r}") from None
+
+
 def is_secret_option(name: str) -> bool:
     lowered = name.lower()
     return any(word in lowered for word in SECRET_WORDS) and not lowered.endswith(

@@ -528,8 +528,7 @@ class _KernelLog(LogReader):
                     self.mirror.add(line, number, stream)
                     yield parse_line(line, stream)
         elif self.counter.count == 0:
-            for line, stream in self.mirror.lines():
-                yield parse_line(line, stream)
+            yield from self.mirror.events()
 
     def close(self) -> None:
         if self.live is not None:

@@ -51,18 +51,22 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import unquote
 
 from neural_jupyter.backends import base, retry
 from neural_jupyter.backends.base import State
 from neural_jupyter.backends.images import Image, table
-from neural_jupyter.backends.log_artifacts import ARTIFACT_MARK, decode_artifacts
-from neural_jupyter.backends.log_mirror import LogMirror
-from neural_jupyter.backends.remote import LogReader, Look, RemotePlatform
+from neural_jupyter.backends.log_artifacts import decode_artifacts
+from neural_jupyter.backends.remote import (
+    CountedLog,
+    LogReader,
+    Look,
+    RemotePlatform,
+    remember,
+    remembered,
+)
 from neural_jupyter.errors import ConfigurationError, JobError, PlatformAuthError
 from neural_jupyter.redaction import register_secret
 from neural_jupyter.runtime.bundle import LAUNCHER, Bundle, launcher_source
-from neural_jupyter.runtime.events import parse_line
 
 PLATFORM = "kubernetes"
 IMAGES = table(PLATFORM)
@@ -150,14 +154,6 @@ def pack_bundle(bundle: Bundle) -> bytes:
     """The bundle's files as a gzipped tar (outputs of earlier runs and the launcher, which
     travels beside it, left out)."""
     return bundle.archive(exclude=(LAUNCHER,))
-
-
-def _number(extra: Mapping[str, Any], name: str, default: float) -> float:
-    value = extra.get(name, default)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"--set {name} must be a number, got {value!r}") from None
 
 
 def _node_selector(text: Any) -> dict[str, str]:
@@ -262,7 +258,9 @@ class KubernetesBackend(RemotePlatform):
         project = extra.get("runai_project")
         if project:
             labels.update({"project": str(project), "runai/queue": str(project)})
-        budget = int(_number(extra, "log_artifacts_max_mb", DEFAULT_LOG_ARTIFACTS_MB) * 2**20)
+        budget = int(
+            base.number_option(extra, "log_artifacts_max_mb", DEFAULT_LOG_ARTIFACTS_MB) * 2**20
+        )
         source = str(extra.get("bundle_url") or f"{BUNDLE_MOUNT}/bundle.tar.gz")
         command = ["python", "-u", f"{BUNDLE_MOUNT}/{LAUNCHER}", "--bundle", source]
         command += ["--work", WORKDIR, "--install-missing", "--print-outputs", str(budget)]
@@ -339,7 +337,9 @@ class KubernetesBackend(RemotePlatform):
             pod["imagePullSecrets"] = [{"name": str(extra["image_pull_secret"])}]
         spec: dict[str, Any] = {
             "backoffLimit": 0,  # one failed pod (one node's ranks) fails the whole Job
-            "ttlSecondsAfterFinished": int(_number(extra, "ttl_seconds", DEFAULT_TTL_SECONDS)),
+            "ttlSecondsAfterFinished": int(
+                base.number_option(extra, "ttl_seconds", DEFAULT_TTL_SECONDS)
+            ),
             "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
         }
         if resources.nodes > 1:  # pods NAME-0 … NAME-(N-1), each one node, all at once
@@ -511,9 +511,9 @@ class KubernetesBackend(RemotePlatform):
 
         remote = self._call(read)
         if remote is None:
-            remembered = self._remembered(job)
-            if remembered is not None:
-                return remembered
+            kept = remembered(job)
+            if kept is not None:
+                return kept
             if job.files.cancel_requested.exists():
                 return base.RemoteStatus(State.CANCELLED, message="cancelled (the Job was deleted)")
             return base.RemoteStatus(
@@ -522,7 +522,7 @@ class KubernetesBackend(RemotePlatform):
             )
         state = self._job_state(remote, core, namespace, name, job)
         if state.is_terminal:
-            self._remember(job, state)
+            remember(job, state)
         return state
 
     def _job_state(self, remote: Any, core: Any, namespace: str, name: str, job: base.RemoteJob):
@@ -617,15 +617,6 @@ class KubernetesBackend(RemotePlatform):
                 return code, text + (f": {message}" if message else "")
         return None, ""
 
-    @staticmethod
-    def _remember(job: base.RemoteJob, state: base.RemoteStatus) -> None:
-        with contextlib.suppress(OSError):
-            job.files.write_json(job.files.final_status, state.record())
-
-    @staticmethod
-    def _remembered(job: base.RemoteJob) -> base.RemoteStatus | None:
-        return base.RemoteStatus.from_record(job.files.read_json(job.files.final_status))
-
     def look(self, job: base.RemoteJob) -> Look:
         state = self.status(job)
         announce = None if state.is_terminal else state.message
@@ -684,7 +675,7 @@ class KubernetesBackend(RemotePlatform):
         if job.details.get("service"):
             self._call(gone(lambda: core.delete_namespaced_service(name, namespace)))
         self._call(gone(lambda: core.delete_namespaced_config_map(name, namespace)))
-        self._remember(job, base.RemoteStatus(State.CANCELLED, message="cancelled"))
+        remember(job, base.RemoteStatus(State.CANCELLED, message="cancelled"))
 
     def fetch_artifacts(self, job: base.RemoteJob, destination: Path) -> dict[str, Path]:
         """Decode the output files the launcher printed into the pod log (the lines a stream
@@ -796,19 +787,17 @@ def _quiet(func: Callable[[], Any]) -> Any:
         raise FAULTS.translate(exc, "Kubernetes") from None
 
 
-class _PodLog(LogReader):
-    """The pod's log, followed while it runs (heartbeats while quiet), counted so that a
-    reconnect (which replays from the start) yields nothing twice; the artifact lines the
-    launcher prints at the end are kept aside for ``fetch_artifacts``."""
+class _PodLog(CountedLog):
+    """The pod's log, followed while it runs (heartbeats while quiet); a reconnect replays
+    it from the start."""
+
+    backend: KubernetesBackend
+    skipped_hint = "see --set output_pvc"
 
     def __init__(self, backend: KubernetesBackend, job: base.RemoteJob) -> None:
-        self.backend = backend
-        self.job = job
+        super().__init__(backend, job)
         _batch, self.core, self.namespace, self.name = backend._apis(job)
-        self.mirror = LogMirror(job.directory)
-        self.seen = 0
         self.pod: Any = None
-        self.artifacts: list[str] = []
 
     def read(self, look: Look, follow: bool) -> Iterator[base.StreamItem]:
         state = look.status
@@ -828,14 +817,7 @@ class _PodLog(LogReader):
                 yield None
                 continue
             count += 1
-            if count <= self.seen:
-                continue
-            self.seen = count
-            if line.startswith(ARTIFACT_MARK):
-                self.artifacts.append(line)
-                continue
-            self.mirror.add(line, self.seen)
-            yield parse_line(line)
+            yield from self._numbered([(count, line)])
 
     def pause(self, look: Look, seconds: float, step: float) -> Iterator[base.StreamItem]:
         return base.heartbeats(seconds if self.pod is None else 0.2, step)
@@ -843,17 +825,6 @@ class _PodLog(LogReader):
     def finish(self, look: Look) -> Iterator[base.StreamItem]:
         if not look.status.is_terminal:
             return
-        if self.seen == 0:  # the pod and its log are gone: what this machine kept of it
-            for line, stream in self.mirror.lines():
-                yield parse_line(line, stream)
-        if self.artifacts:
-            self.backend._artifact_lines[self.job.id] = self.artifacts
-        skipped = [
-            unquote(line.split(" ")[1])
-            for line in self.artifacts
-            if line.startswith(f"{ARTIFACT_MARK}-skipped")
-        ]
-        if skipped:
-            yield base.status_event(
-                f"outputs too big for the log: {', '.join(skipped)} (see --set output_pvc)"
-            )
+        if self.position == 0:  # the pod and its log are gone: what this machine kept of it
+            yield from self.mirror.events()
+        yield from self.hand_over_artifacts()

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from neural_jupyter.redaction import redact
+from neural_jupyter.runtime.events import Event, LogLine, parse_line
 from neural_jupyter.runtime.jobdir import JobDir
 
 _locks: dict[str, threading.Lock] = {}
@@ -72,6 +73,11 @@ class LogMirror:
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 record = json.loads(raw)
                 yield str(record["line"]), str(record["stream"])
+
+    def events(self) -> Iterator[Event | LogLine]:
+        """Every kept line, parsed: what this machine kept of a log the platform dropped."""
+        for line, stream in self.lines():
+            yield parse_line(line, stream)
 
     # --- by bytes ---------------------------------------------------------------------------
     def source_offset(self, stream: str) -> int:

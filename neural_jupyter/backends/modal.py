@@ -40,14 +40,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import hashlib
 import math
-import queue
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -57,10 +55,17 @@ from neural_jupyter.backends.log_artifacts import (
     DEFAULT_MAX_MB,
     decode_artifacts,
     is_artifact_line,
-    skipped,
 )
-from neural_jupyter.backends.log_mirror import LogMirror
-from neural_jupyter.backends.remote import LogReader, Look, RemotePlatform, StateTable
+from neural_jupyter.backends.remote import (
+    AsyncTail,
+    CountedLog,
+    LogReader,
+    Look,
+    RemotePlatform,
+    StateTable,
+    gone_look,
+    remember,
+)
 from neural_jupyter.errors import ConfigurationError, JobError, PlatformAuthError
 from neural_jupyter.pricing import lookup
 from neural_jupyter.redaction import redact, register_secret
@@ -86,8 +91,6 @@ STATES = StateTable(
         "terminated": (State.CANCELLED, "terminated (cancelled)"),
     }
 )
-# bundles whose train.py trains under torchrun (besides those whose job.json says so)
-TORCHRUN_KINDS = ("script",)
 
 
 def read_modal(exc: BaseException) -> retry.Failure:
@@ -136,14 +139,6 @@ def sandbox_name_for(key: str) -> str:
     return base.name_for(key, 64, allowed="A-Za-z0-9_.-", lower=False)
 
 
-def _number(extra: Mapping[str, Any], name: str, default: float) -> float:
-    value = extra.get(name, default)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"--set {name} must be a number, got {value!r}") from None
-
-
 def gpu_spec(resources: base.ResourceSpec) -> str | None:
     """Modal's ``gpu=`` value: ``TYPE`` or ``TYPE:COUNT`` (None: no GPU; ``--instance
     cpu-core``, the price table's CPU row the submit panel offers, is no GPU too)."""
@@ -166,9 +161,9 @@ def cpu_and_memory(resources: base.ResourceSpec) -> tuple[float | None, float | 
     """The sandbox's CPU cores and memory (GiB): ``--cpus``/``--memory-gb`` where the caller
     has them, else ``--set cpu=`` / ``--set memory_gb=``."""
     extra = resources.extra
-    cpu = resources.cpus or (_number(extra, "cpu", 0.0) if extra.get("cpu") else None)
+    cpu = resources.cpus or (base.number_option(extra, "cpu", 0.0) if extra.get("cpu") else None)
     memory = resources.memory_gb or (
-        _number(extra, "memory_gb", 0.0) if extra.get("memory_gb") else None
+        base.number_option(extra, "memory_gb", 0.0) if extra.get("memory_gb") else None
     )
     for name, value in (("cpu", cpu), ("memory_gb", memory)):
         if value is not None and value <= 0:
@@ -278,7 +273,7 @@ class ModalBackend(RemotePlatform):
         self, resources: base.ResourceSpec, digest: str = "(the archive's SHA-256)"
     ) -> list[str]:
         """The sandbox's command: the launcher, stderr folded into stdout."""
-        budget = _number(resources.extra, "log_artifacts_max_mb", DEFAULT_MAX_MB)
+        budget = base.number_option(resources.extra, "log_artifacts_max_mb", DEFAULT_MAX_MB)
         launcher = ["python", "-u", f"{MOUNT}/{LAUNCHER}", "--bundle", f"{MOUNT}/{ARCHIVE}"]
         launcher += ["--sha256", digest, "--work", WORKDIR, "--install-missing"]
         launcher += ["--print-outputs", str(int(budget * 2**20))]
@@ -347,7 +342,7 @@ class ModalBackend(RemotePlatform):
         cores = cpu_and_memory(resources)[0] or 1
         label = gpu or f"{cores:g} CPU core(s)"
         if resources.extra.get("hourly_usd") is not None:
-            hourly = _number(resources.extra, "hourly_usd", 0.0)
+            hourly = base.number_option(resources.extra, "hourly_usd", 0.0)
             return base.CostEstimate(self.name, label, hourly, hours, source="--set hourly_usd")
         cpu = lookup(self.name, CPU_OFFER)
         if cpu is None:
@@ -394,7 +389,7 @@ class ModalBackend(RemotePlatform):
     def _check_bundle(bundle: Bundle, resources: base.ResourceSpec) -> None:
         if resources.world_size == 1:
             return
-        if bundle.kind in TORCHRUN_KINDS or bundle.job.get("torchrun") is True:
+        if bundle.trains_under_torchrun:
             return
         raise ConfigurationError(
             f"--procs-per-node {resources.procs_per_node}: this {bundle.kind} bundle's "
@@ -475,14 +470,9 @@ class ModalBackend(RemotePlatform):
         sid = self._sid(job)
         sandbox = self._sandbox(sid)
         if sandbox is None:
-            remembered = base.RemoteStatus.from_record(job.files.read_json(job.files.final_status))
-            if remembered is not None:
-                return Look(remembered, remembered.state, gone=True)
-            status = base.RemoteStatus(
-                State.UNKNOWN,
-                message=f"Modal has no sandbox {sid} (another workspace or environment?)",
+            return gone_look(
+                job, "gone", f"Modal has no sandbox {sid} (another workspace or environment?)"
             )
-            return Look(status, "gone", status.message, gone=True)
         code = sandbox.returncode
         if code is None:
             words = "running"
@@ -503,8 +493,7 @@ class ModalBackend(RemotePlatform):
         else:
             status = base.RemoteStatus(state, code, None if code is not None else meaning)
         if status.is_terminal:
-            with contextlib.suppress(OSError):
-                job.files.write_json(job.files.final_status, status.record())
+            remember(job, status)
         announce = f"Modal sandbox {sid} {meaning}" if not status.is_terminal else None
         return Look(status, words, announce, {"state": state}, raw=sandbox)
 
@@ -533,11 +522,9 @@ class ModalBackend(RemotePlatform):
         return decode_artifacts(lines, destination)
 
     def _read_all(self, sandbox: Any) -> list[str]:
-        tail = _Tail(sandbox)
-        found: list[str] = []
+        tail = _tail(sandbox)
         try:
-            while (item := tail.queue.get()) is not _DONE:
-                found.append(str(item).rstrip("\n"))
+            found = [str(item).rstrip("\n") for item in tail.items()]
         finally:
             tail.stop()
         if tail.error is not None:
@@ -548,102 +535,33 @@ class ModalBackend(RemotePlatform):
         credentials(self.sdk())
 
 
-_DONE = object()
+def _tail(sandbox: Any) -> AsyncTail:
+    """The sandbox's stdout from its first line (``SandboxGetLogs``), line by line."""
+    return AsyncTail(lambda: sandbox.stdout, "neural-modal-log", join_seconds=5)
 
 
-class _Tail:
-    """A sandbox's stdout from its first line (``SandboxGetLogs``), line by line, read in a
-    thread of its own with its own event loop: lines come out of ``queue``, ``_DONE`` at
-    the end of the log (the sandbox ended) or when ``stop`` cancels the read."""
-
-    def __init__(self, sandbox: Any) -> None:
-        self.queue: queue.Queue = queue.Queue()
-        self.error: BaseException | None = None
-        self.ended = False  # the log was read to its end
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(sandbox,), name="neural-modal-log", daemon=True
-        )
-        self._thread.start()
-        self._ready.wait(5)
-
-    def _run(self, sandbox: Any) -> None:
-        async def consume() -> None:
-            async for line in sandbox.stdout:
-                self.queue.put(line)
-            self.ended = True
-
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            self._task = loop.create_task(consume())
-            self._ready.set()
-            loop.run_until_complete(self._task)
-        except asyncio.CancelledError:
-            pass
-        except BaseException as exc:  # the caller decides whether a dropped read matters
-            self.error = exc
-        finally:
-            self._ready.set()
-            self.queue.put(_DONE)
-            with contextlib.suppress(Exception):
-                loop.close()
-
-    def stop(self) -> None:
-        loop, task = self._loop, self._task
-        if loop is not None and task is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(task.cancel)
-        self._thread.join(5)
-
-
-class _SandboxLog(LogReader):
+class _SandboxLog(CountedLog):
     """The sandbox's log from its first line: followed while it runs, read to its end once
-    it ended; every line counted, so a read that starts again yields nothing twice;
-    artifact lines kept aside for ``fetch_artifacts``."""
+    it ended."""
+
+    backend: ModalBackend
 
     def __init__(self, backend: ModalBackend, job: base.RemoteJob) -> None:
-        self.backend = backend
-        self.job = job
-        self.mirror = LogMirror(job.directory)
-        self.position = 0  # lines of the remote log handled so far
-        self.artifacts: list[str] = []
-        self.tail: _Tail | None = None
+        super().__init__(backend, job)
         self.complete = False  # read to the end of the log
-        self.read_any = False
-
-    def _numbered(self, lines: Iterable[tuple[int, str]]) -> Iterator[base.StreamItem]:
-        from neural_jupyter.runtime.events import parse_line
-
-        for number, line in lines:
-            if number <= self.position:
-                continue
-            self.position = number
-            self.read_any = True
-            if is_artifact_line(line):
-                self.artifacts.append(line)
-                continue
-            self.mirror.add(line, number)
-            yield parse_line(line)
 
     def _stream(self, sandbox: Any, settle: float | None) -> Iterator[base.StreamItem]:
         """Lines of a new read from the start; with ``settle``: until that long without a
         new line (a running sandbox's log so far), else to the end."""
-        tail = self.tail = _Tail(sandbox)
+        tail = self.tail = _tail(sandbox)
         count, quiet_since = 0, time.monotonic()
         try:
-            while True:
-                try:
-                    item = tail.queue.get(timeout=self.backend.heartbeat_seconds)
-                except queue.Empty:
+            for item in tail.items(self.backend.heartbeat_seconds):
+                if item is None:
                     if settle is not None and time.monotonic() - quiet_since > settle:
                         return
                     yield None
                     continue
-                if item is _DONE:
-                    break
                 quiet_since = time.monotonic()
                 count += 1
                 yield from self._numbered([(count, str(item).rstrip("\n"))])
@@ -662,22 +580,8 @@ class _SandboxLog(LogReader):
 
     def finish(self, look: Look) -> Iterator[base.StreamItem]:
         if look.gone and not self.read_any:  # Modal forgot the sandbox: what is kept here
-            from neural_jupyter.runtime.events import parse_line
-
-            for line, stream in self.mirror.lines():
-                yield parse_line(line, stream)
+            yield from self.mirror.events()
             return
         if not look.status.is_terminal:
             return
-        if self.artifacts:
-            self.backend._artifact_lines[self.job.id] = self.artifacts
-        left_out = skipped(self.artifacts)
-        if left_out:
-            yield base.status_event(
-                f"outputs too big for the log: {', '.join(left_out)} "
-                "(see --set log_artifacts_max_mb)"
-            )
-
-    def close(self) -> None:
-        if self.tail is not None:
-            self.tail.stop()
+        yield from self.hand_over_artifacts()

@@ -45,18 +45,15 @@ Options (``--set key=value``): ``address``, ``outputs_dir``, ``log_artifacts_max
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import os
-import queue
 import re
 import shlex
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -65,15 +62,20 @@ from neural_jupyter.backends.base import State
 from neural_jupyter.backends.log_artifacts import (
     DEFAULT_MAX_MB,
     decode_artifacts,
-    is_artifact_line,
-    skipped,
 )
-from neural_jupyter.backends.log_mirror import LogMirror
-from neural_jupyter.backends.remote import LogReader, Look, RemotePlatform, StateTable
+from neural_jupyter.backends.remote import (
+    AsyncTail,
+    CountedLog,
+    LogReader,
+    Look,
+    RemotePlatform,
+    StateTable,
+    gone_look,
+    remember,
+)
 from neural_jupyter.errors import ConfigurationError, JobError, NeuralError, PlatformError
 from neural_jupyter.redaction import redact, register_secret
 from neural_jupyter.runtime.bundle import LAUNCHER, Bundle, launcher_source
-from neural_jupyter.runtime.events import parse_line
 from neural_jupyter.runtime.jobdir import artifact_name, output_target
 
 PLATFORM = "ray"
@@ -96,8 +98,6 @@ STATES = StateTable(
         "STOPPED": (State.CANCELLED, "stopped (cancelled)"),
     }
 )
-# launchers that started torchrun may be used for bundles of these kinds
-TORCHRUN_KINDS = ("script",)
 
 
 def read_ray(exc: BaseException) -> retry.Failure:
@@ -142,14 +142,6 @@ FAULTS = retry.FaultPolicy(
 def submission_id_for(key: str) -> str:
     """The Ray submission id of the job with idempotency key ``key`` (same key, same id)."""
     return base.name_for(key, 96, allowed="A-Za-z0-9_.-", lower=False)
-
-
-def _number(extra: Mapping[str, Any], name: str, default: float) -> float:
-    value = extra.get(name, default)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"--set {name} must be a number, got {value!r}") from None
 
 
 def job_headers() -> dict[str, str] | None:
@@ -238,7 +230,7 @@ class RayBackend(RemotePlatform):
                 f"{extra['outputs_dir']}/{submission_id_for(job.idempotency_key)}",
             ]
         else:
-            budget = _number(extra, "log_artifacts_max_mb", DEFAULT_MAX_MB)
+            budget = base.number_option(extra, "log_artifacts_max_mb", DEFAULT_MAX_MB)
             launcher += ["--print-outputs", str(int(budget * 2**20))]
         if resources.max_seconds:
             launcher.append("--budget-margin")
@@ -252,7 +244,7 @@ class RayBackend(RemotePlatform):
             if extra.get("placement_strategy"):
                 driver += ["--strategy", str(extra["placement_strategy"]).upper()]
             if extra.get("ready_timeout"):
-                driver += ["--ready-timeout", str(_number(extra, "ready_timeout", 600))]
+                driver += ["--ready-timeout", str(base.number_option(extra, "ready_timeout", 600))]
             command = [python, "-u", *driver, "--", *launcher]
         else:
             command = [python, "-u", LAUNCHER, *launcher]
@@ -336,7 +328,7 @@ class RayBackend(RemotePlatform):
     def _check_layout(bundle: Bundle, resources: base.ResourceSpec) -> None:
         if resources.world_size == 1:
             return
-        if bundle.kind in TORCHRUN_KINDS or bundle.job.get("torchrun") is True:
+        if bundle.trains_under_torchrun:
             return
         raise ConfigurationError(
             f"--nodes {resources.nodes} × --procs-per-node {resources.procs_per_node}: this "
@@ -358,14 +350,9 @@ class RayBackend(RemotePlatform):
         client, sid = self._client_of(job)
         info = self.call("reading the Ray job", lambda: self._info(client, sid))
         if info is None:
-            remembered = base.RemoteStatus.from_record(job.files.read_json(job.files.final_status))
-            if remembered is not None:
-                return Look(remembered, remembered.state, gone=True)
-            status = base.RemoteStatus(
-                State.UNKNOWN,
-                message=f"the cluster has no job {sid} (restarted or another cluster?)",
+            return gone_look(
+                job, "GONE", f"the cluster has no job {sid} (restarted or another cluster?)"
             )
-            return Look(status, "GONE", status.message, gone=True)
         words = str(getattr(info.status, "value", info.status))
         state, meaning = STATES.lookup(words)
         code = info.driver_exit_code
@@ -379,8 +366,7 @@ class RayBackend(RemotePlatform):
         else:
             status = base.RemoteStatus(state, code, message or meaning)
         if status.is_terminal:
-            with contextlib.suppress(OSError):
-                job.files.write_json(job.files.final_status, status.record())
+            remember(job, status)
         announce = f"Ray job {sid} {meaning}" if not status.is_terminal else None
         return Look(status, words, announce, {"state": state}, raw=info)
 
@@ -483,76 +469,20 @@ def _first_line(text: Any) -> str:
     return redact(lines[0].strip()) if lines else ""
 
 
-_DONE = object()
-
-
-class _Tail:
-    """``tail_job_logs`` (an async generator over a websocket) read in a thread of its own;
-    chunks come out of ``queue``, ``_DONE`` when the stream ends; ``stop`` cancels it."""
-
-    def __init__(self, client: Any, sid: str) -> None:
-        self.queue: queue.Queue = queue.Queue()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task | None = None
-        self._thread = threading.Thread(
-            target=self._run, args=(client, sid), name="neural-ray-log", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self, client: Any, sid: str) -> None:
-        async def consume() -> None:
-            async for chunk in client.tail_job_logs(sid):
-                self.queue.put(chunk)
-
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            self._task = loop.create_task(consume())
-            loop.run_until_complete(self._task)
-        except BaseException:  # a dropped websocket or a cancel: the caller reads the rest
-            pass
-        finally:
-            self.queue.put(_DONE)
-            with contextlib.suppress(Exception):
-                loop.close()
-
-    def stop(self) -> None:
-        loop, task = self._loop, self._task
-        if loop is not None and task is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(task.cancel)
-
-
-class _JobLog(LogReader):
+class _JobLog(CountedLog):
     """The job's log from its first line: followed over ``tail_job_logs`` while it runs,
-    read whole (``get_job_logs``) otherwise and at the end; every line counted, so a stream
-    that starts again yields nothing twice; artifact lines kept aside."""
+    read whole (``get_job_logs``) otherwise and at the end."""
+
+    backend: RayBackend
+    skipped_hint = "see --set outputs_dir, --set log_artifacts_max_mb"
 
     def __init__(self, backend: RayBackend, job: base.RemoteJob) -> None:
-        self.backend = backend
-        self.job = job
+        super().__init__(backend, job)
         self.client, self.sid = backend._client_of(job)
-        self.mirror = LogMirror(job.directory)
-        self.position = 0  # lines of the remote log handled so far
-        self.artifacts: list[str] = []
-        self.tail: _Tail | None = None
-        self.read_any = False
 
     def _take(self, lines: list[str]) -> Iterator[base.StreamItem]:
         """Lines of the log from its start: the ones past ``position``."""
         yield from self._numbered(enumerate(lines, start=1))
-
-    def _numbered(self, lines: Iterable[tuple[int, str]]) -> Iterator[base.StreamItem]:
-        for number, line in lines:
-            if number <= self.position:
-                continue
-            self.position = number
-            self.read_any = True
-            if is_artifact_line(line):
-                self.artifacts.append(line)
-                continue
-            self.mirror.add(line, number)
-            yield parse_line(line)
 
     def _whole(self, final: bool) -> Iterator[base.StreamItem]:
         try:
@@ -578,41 +508,23 @@ class _JobLog(LogReader):
             if look.status.state != State.PENDING or look.status.is_terminal:
                 yield from self._whole(final=False)
             return
-        tail = self.tail = _Tail(self.client, self.sid)
+        # a dropped websocket or a cancel ends the tail: the caller reads the rest
+        tail = self.tail = AsyncTail(lambda: self.client.tail_job_logs(self.sid), "neural-ray-log")
         partial, count = "", 0
-        while True:
-            try:
-                item = tail.queue.get(timeout=self.backend.heartbeat_seconds)
-            except queue.Empty:
+        for item in tail.items(self.backend.heartbeat_seconds):
+            if item is None:
                 yield None
                 continue
-            if item is _DONE:
-                break
             *lines, partial = (partial + str(item)).split("\n")
             yield from self._numbered(enumerate(lines, start=count + 1))
             count += len(lines)
         self.tail = None
 
-    def pause(self, look: Look, seconds: float, step: float) -> Iterator[base.StreamItem]:
-        return base.heartbeats(seconds, step)
-
     def finish(self, look: Look) -> Iterator[base.StreamItem]:
         if look.gone and not self.read_any:  # the cluster forgot the job: what is kept here
-            for line, stream in self.mirror.lines():
-                yield parse_line(line, stream)
+            yield from self.mirror.events()
             return
         if not look.status.is_terminal:
             return
         yield from self._whole(final=True)
-        if self.artifacts:
-            self.backend._artifact_lines[self.job.id] = self.artifacts
-        left_out = skipped(self.artifacts)
-        if left_out:
-            yield base.status_event(
-                f"outputs too big for the log: {', '.join(left_out)} (see --set outputs_dir, "
-                "--set log_artifacts_max_mb)"
-            )
-
-    def close(self) -> None:
-        if self.tail is not None:
-            self.tail.stop()
+        yield from self.hand_over_artifacts()

@@ -12,13 +12,20 @@ see ``retry``) and its images. ``call`` is the one way it talks to its SDK.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Hashable, Iterator, Mapping
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import AsyncIterable, Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from neural_jupyter.backends import base
 from neural_jupyter.backends.base import State
+from neural_jupyter.backends.log_artifacts import is_artifact_line, skipped
+from neural_jupyter.backends.log_mirror import LogMirror
 from neural_jupyter.backends.retry import FaultPolicy
+from neural_jupyter.runtime.events import parse_line
 
 T = TypeVar("T")
 
@@ -82,6 +89,139 @@ class LogReader:
 
     def close(self) -> None:
         return None
+
+
+def remember(job: base.RemoteJob, status: base.RemoteStatus) -> None:
+    """Keep a job's final status in its directory, for when the platform has forgotten it."""
+    with contextlib.suppress(OSError):
+        job.files.write_json(job.files.final_status, status.record())
+
+
+def remembered(job: base.RemoteJob) -> base.RemoteStatus | None:
+    """The final status ``remember`` kept, if any."""
+    return base.RemoteStatus.from_record(job.files.read_json(job.files.final_status))
+
+
+def gone_look(job: base.RemoteJob, words: str, message: str) -> Look:
+    """The look at a job the platform no longer has: its end as remembered here, else
+    UNKNOWN with ``message``."""
+    kept = remembered(job)
+    if kept is not None:
+        return Look(kept, kept.state, gone=True)
+    status = base.RemoteStatus(State.UNKNOWN, message=message)
+    return Look(status, words, status.message, gone=True)
+
+
+class CountedLog(LogReader):
+    """A job's log that every read gets from its first line (a reconnect replays it): the
+    lines are numbered, so nothing is yielded twice; each is kept in the job directory's log
+    mirror, except the launcher's artifact lines (``log_artifacts``), which are set aside
+    for the backend's ``fetch_artifacts`` (its ``_artifact_lines``)."""
+
+    skipped_hint = "see --set log_artifacts_max_mb"  # how to bring back outputs left out
+    tail: AsyncTail | None = None  # the stream being followed, if any (``close`` stops it)
+
+    def __init__(self, backend: Any, job: base.RemoteJob) -> None:
+        self.backend = backend
+        self.job = job
+        self.mirror = LogMirror(job.directory)
+        self.position = 0  # lines of the remote log handled so far
+        self.artifacts: list[str] = []
+        self.read_any = False
+
+    def _numbered(self, lines: Iterable[tuple[int, str]]) -> Iterator[base.StreamItem]:
+        for number, line in lines:
+            if number <= self.position:
+                continue
+            self.position = number
+            self.read_any = True
+            if is_artifact_line(line):
+                self.artifacts.append(line)
+                continue
+            self.mirror.add(line, number)
+            yield parse_line(line)
+
+    def hand_over_artifacts(self) -> Iterator[base.StreamItem]:
+        """The artifact lines to the backend, and a status event naming outputs the launcher
+        left out (over its byte budget)."""
+        if self.artifacts:
+            self.backend._artifact_lines[self.job.id] = self.artifacts
+        left_out = skipped(self.artifacts)
+        if left_out:
+            yield base.status_event(
+                f"outputs too big for the log: {', '.join(left_out)} ({self.skipped_hint})"
+            )
+
+    def close(self) -> None:
+        if self.tail is not None:
+            self.tail.stop()
+
+
+_TAIL_DONE = object()  # what an ``AsyncTail``'s queue holds last
+
+
+class AsyncTail:
+    """An SDK's async log stream (``source()``, an async iterable) read in a thread of its
+    own with its own event loop; ``items`` hands them out until the stream ends or ``stop``
+    cancels the read. ``error`` is what ended it otherwise (the caller decides whether a
+    dropped read matters), ``ended`` whether it was read to its end."""
+
+    def __init__(
+        self, source: Callable[[], AsyncIterable[Any]], name: str, join_seconds: float = 0
+    ) -> None:
+        self.queue: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
+        self.ended = False
+        self._join_seconds = join_seconds
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(source,), name=name, daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+
+    def _run(self, source: Callable[[], AsyncIterable[Any]]) -> None:
+        async def consume() -> None:
+            async for item in source():
+                self.queue.put(item)
+            self.ended = True
+
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            self._task = loop.create_task(consume())
+            self._ready.set()
+            loop.run_until_complete(self._task)
+        except asyncio.CancelledError:
+            pass
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self._ready.set()
+            self.queue.put(_TAIL_DONE)
+            with contextlib.suppress(Exception):
+                loop.close()
+
+    def items(self, heartbeat: float | None = None) -> Iterator[Any]:
+        """The stream's items as they arrive; with ``heartbeat``, None every that many
+        seconds while none does."""
+        while True:
+            try:
+                item = self.queue.get(timeout=heartbeat)
+            except queue.Empty:
+                yield None
+                continue
+            if item is _TAIL_DONE:
+                return
+            yield item
+
+    def stop(self) -> None:
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(task.cancel)
+        if self._join_seconds:
+            self._thread.join(self._join_seconds)
 
 
 class RemotePlatform(base.Backend):

@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from neural_jupyter.errors import ConfigurationError, DataError, MissingDependencyError
+from neural_jupyter.errors import DataError
 from neural_jupyter.redaction import redact, register_secret
+from neural_jupyter.runtime.loopback import LoopbackServer, require_tornado
 
 MAX_BATCH = 256
 BATCH_WAIT = 0.005  # seconds a batch waits for more requests after its first
@@ -126,7 +127,7 @@ class Batcher:
         )
 
 
-class PredictionServer:
+class PredictionServer(LoopbackServer):
     """One endpoint's server; ``start()`` returns once it listens."""
 
     def __init__(
@@ -139,18 +140,14 @@ class PredictionServer:
         max_batch: int = MAX_BATCH,
         batch_wait: float = BATCH_WAIT,
     ) -> None:
+        super().__init__(port)
         self.name = name
         self.prepare = prepare
         self.description = description
-        self.requested_port = port
         self.token = secrets.token_urlsafe(32)
         register_secret(self.token)
-        self.port: int | None = None
         self.lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
         self.batcher = Batcher(predict, max_batch, batch_wait, self.log)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: Any = None
 
     def log(self, line: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
@@ -164,64 +161,21 @@ class PredictionServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}{self.path}"
 
-    @property
-    def running(self) -> bool:
-        return self._loop is not None
-
     def start(self) -> PredictionServer:
-        try:
-            import tornado  # noqa: F401
-        except ImportError:
-            raise MissingDependencyError("tornado", "dashboard", "The local endpoint") from None
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            try:
-                self._server = _make_app(self).listen(
-                    self.requested_port, address="127.0.0.1", max_body_size=MAX_BODY
-                )
-                sockets = list(self._server._sockets.values())
-                self.port = sockets[0].getsockname()[1]
-            except BaseException as exc:
-                failure.append(exc)
-                ready.set()
-                return
-            self._loop = loop
-            ready.set()
-            loop.run_forever()
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name=f"neural-endpoint-{self.name}")
-        self._thread.daemon = True
-        self._thread.start()
-        ready.wait(10)
-        if failure:
-            self.batcher.stop()
-            raise ConfigurationError(
-                f"the local endpoint could not listen on port {self.requested_port}: {failure[0]}"
-            )
+        require_tornado("The local endpoint")
+        self.listen(
+            lambda: _make_app(self),
+            what="local endpoint",
+            thread_name=f"neural-endpoint-{self.name}",
+            on_failure=self.batcher.stop,
+            max_body_size=MAX_BODY,
+        )
         self.log(f"serving {self.name} on 127.0.0.1:{self.port}")
         return self
 
     def stop(self) -> None:
-        loop = self._loop
-        if loop is None:
+        if not self._shut_down(cancel_tasks=True):
             return
-
-        def shutdown() -> None:
-            if self._server is not None:
-                self._server.stop()  # closes the listening socket: the port is free again
-            for task in asyncio.all_tasks(loop):
-                task.cancel()
-            loop.stop()
-
-        loop.call_soon_threadsafe(shutdown)
-        if self._thread is not None:
-            self._thread.join(5)
-        self._loop = None
         self.batcher.stop()
         self.log("stopped")
 

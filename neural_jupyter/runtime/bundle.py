@@ -178,6 +178,13 @@ class Bundle:
         """``model`` (a generated training script) or the kind of user code it runs."""
         return str(self.job.get("kind", "model"))
 
+    @property
+    def trains_under_torchrun(self) -> bool:
+        """Whether its ``train.py`` may run as several torchrun processes: a script bundle
+        (the user's script reads torchrun's ``RANK``, ``WORLD_SIZE``...) or one whose
+        ``job.json`` says ``"torchrun": true``."""
+        return self.kind == "script" or self.job.get("torchrun") is True
+
     def files(self, exclude: tuple[str, ...] = ()) -> list[str]:
         """Every file of the bundle, subfolders included (``project/``, ``data/``... of a
         user-code bundle), as sorted ``/``-separated relative paths: without the outputs of

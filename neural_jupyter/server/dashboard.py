@@ -6,7 +6,6 @@ relative ``api/...`` requests land on the handlers here, which read through the 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from importlib import resources
 from typing import Any
@@ -16,13 +15,13 @@ from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.utils import url_path_join
 from tornado import iostream, web
 
+from neural_jupyter.runtime.loopback import quiet_poll
 from neural_jupyter.server.handlers import AUTH_RESOURCE, NeuralHandler
 from neural_jupyter.server.live import LIVE_PLATFORMS, EventFollower
 from neural_jupyter.server.service import JobService, stored_history
 from neural_jupyter.server.views import redact_tree
 
 PREFIX = "neural-jupyter/dashboard"
-PING_SECONDS = 15.0
 POLL_SECONDS = 0.3
 
 
@@ -199,12 +198,7 @@ class EventsHandler(NeuralHandler):
                 if follower.finished:
                     return
                 if not arrived:
-                    idle += POLL_SECONDS
-                    if idle >= PING_SECONDS:
-                        self.write(": ping\n\n")
-                        await self.flush()
-                        idle = 0.0
-                    await asyncio.sleep(POLL_SECONDS)
+                    idle = await quiet_poll(self, idle, POLL_SECONDS)
         finally:
             follower.close()
 

@@ -14,7 +14,6 @@ import hmac
 import json
 import re
 import secrets
-import threading
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,12 @@ from typing import Any
 from neural_jupyter.errors import ConfigurationError, MissingDependencyError
 from neural_jupyter.redaction import redact_value
 from neural_jupyter.runtime.jobdir import JobDir
+from neural_jupyter.runtime.loopback import LoopbackServer, quiet_poll, require_tornado
 from neural_jupyter.runtime.tail import LineTail
 
 JOB_ID = r"nj-[0-9a-f]{4,32}"
 COOKIE = "neural_dashboard_token"
 POLL_SECONDS = 0.2
-PING_SECONDS = 15.0
 
 
 def plotly_js_path() -> Path:
@@ -46,72 +45,21 @@ def _static(name: str) -> bytes:
     return resources.files("neural_jupyter.ui.dashboard").joinpath(f"static/{name}").read_bytes()
 
 
-class DashboardServer:
+class DashboardServer(LoopbackServer):
     """One server per kernel; ``start()`` returns once it listens."""
 
     def __init__(self, job_id: str | None = None, port: int = 0, store: Any = None) -> None:
+        super().__init__(port)
         self.job_id = job_id
-        self.requested_port = port
         self.store = store
         self.token = secrets.token_urlsafe(32)
-        self.port: int | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: Any = None
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> DashboardServer:
-        try:
-            import tornado  # noqa: F401
-        except ImportError:
-            raise MissingDependencyError("tornado", "dashboard", "The debug dashboard") from None
+        require_tornado("The debug dashboard")
         plotly_js_path()
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            self._loop = loop
-            try:
-                self._server = _make_app(self).listen(self.requested_port, address="127.0.0.1")
-                sockets = list(self._server._sockets.values())
-                self.port = sockets[0].getsockname()[1]
-            except BaseException as exc:  # reported to the caller below
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name="neural-dashboard", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if failure:
-            raise ConfigurationError(
-                f"the dashboard could not listen on port {self.requested_port}: {failure[0]}"
-            )
+        self.listen(lambda: _make_app(self), what="dashboard", thread_name="neural-dashboard")
         return self
-
-    def stop(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-
-        def shutdown() -> None:
-            if self._server is not None:
-                self._server.stop()
-            loop.stop()
-
-        loop.call_soon_threadsafe(shutdown)
-        if self._thread is not None:
-            self._thread.join(5)
-        self._loop = None
-
-    @property
-    def running(self) -> bool:
-        return self._loop is not None
 
     def path(self) -> str:
         """The page's path with the token (for proxies that add their own prefix)."""
@@ -249,12 +197,7 @@ def _make_app(dashboard: DashboardServer):
                         self.write(f"event: end\ndata: {json.dumps(ended.value)}\n\n")
                         await self.flush()
                         return
-                    idle += POLL_SECONDS
-                    if idle >= PING_SECONDS:
-                        self.write(": ping\n\n")
-                        await self.flush()
-                        idle = 0.0
-                    await asyncio.sleep(POLL_SECONDS)
+                    idle = await quiet_poll(self, idle, POLL_SECONDS)
             except tornado.iostream.StreamClosedError:
                 return
 
