@@ -371,3 +371,23 @@ def fake_bundle(directory: Path, **job) -> Bundle:
 
 
 PYTHON = sys.executable
+
+
+def train_py_pids(directory: Path, *, below: bool = False) -> list[int]:
+    """pids of live (not zombie) ``train.py`` processes whose working directory is
+    ``directory`` (or, with ``below``, any directory under it): the ranks a job runs there."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if "train.py" not in (entry / "cmdline").read_text():
+                continue
+            cwd = Path(os.readlink(entry / "cwd"))
+            if not (cwd.is_relative_to(directory) if below else cwd == directory):
+                continue
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found

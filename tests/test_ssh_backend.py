@@ -27,6 +27,7 @@ from sshd import (
     known_hosts_line,
     live_processes,
     make_client_key,
+    train_py_pids,
 )
 
 import neural_jupyter
@@ -711,20 +712,7 @@ def test_a_dry_run_shows_the_request_and_what_the_job_installs(
 # --- data-parallel training: several processes on the one host ---------------------------------
 def _ranks_under(workdir: Path) -> list[int]:
     """The pids of train.py processes running in a job directory under ``workdir``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if "train.py" not in (entry / "cmdline").read_text():
-                continue
-            if Path(os.readlink(entry / "cwd")).is_relative_to(workdir):
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":
-                    found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+    return train_py_pids(workdir, below=True)
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import test_ssh_backend
-from sshd import free_port, known_hosts_line, live_processes
+from sshd import free_port, known_hosts_line, live_processes, train_py_pids
 from test_ssh_backend import DIGITS, USER, wait_for
 
 from neural_jupyter import api
@@ -62,19 +62,7 @@ def node_dirs(job: Job) -> list[Path]:
 
 def ranks_in(directory: Path) -> list[int]:
     """pids of the live train.py processes working in ``directory``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if "train.py" not in (entry / "cmdline").read_text():
-                continue
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            if state != "Z" and Path(os.readlink(entry / "cwd")) == directory:
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+    return train_py_pids(directory)
 
 
 def stream(job: Job) -> list[dict]:
